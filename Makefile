@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` (main job on the embedded default) and `make test`.
+# Both create .venv and install everything on a fresh machine.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench bench-builder venv clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python recipes/apo.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q tests
+
+bench: bench-builder
+
+bench-builder: $(STAMP)
+	$(BIN)/python builders/bench_builder.py
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,38 @@
+"""The 14 CheXpert labels, spelled exactly as in the MIMIC-CXR CSV header, and their value codes."""
+
+from __future__ import annotations
+
+CHEXPERT_LABELS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
+)
+
+# The five findings of MS-CXR-T (temporal progression) and of most report-generation papers' "5 findings".
+MS_CXR_T_FINDINGS: tuple[str, ...] = ("Consolidation", "Edema", "Pleural Effusion", "Pneumonia", "Pneumothorax")
+FIVE_FINDINGS: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+
+# Findings that have a side.
+LATERAL_FINDINGS: tuple[str, ...] = ("Pleural Effusion", "Pneumothorax", "Consolidation", "Atelectasis")
+LATERALITIES: tuple[str, ...] = ("left", "right", "bilateral")
+
+POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
+# None means "not mentioned"; it is kept distinct from NEGATIVE everywhere.
+
+PROGRESSION_CLASSES: tuple[str, ...] = ("improving", "stable", "worsening")
+
+
+def label_key(name: str) -> str:
+    """'Pleural Effusion' -> 'pleural_effusion' (column-safe form used by MS-CXR-T and parquet exports)."""
+    return name.lower().replace(" ", "_")
