@@ -19,8 +19,9 @@ logger = logging.getLogger("cxr_max")
 class DataError(ValueError):
     """Bad input, with where it was found."""
 
-    def __init__(self, message: str, *, path: object = None, row: object = None):
-        self.path, self.row, self.reason = path, row, message
+    def __init__(self, message: str, *, path: object = None, row: object = None, kind: str | None = None):
+        # ``kind`` is the category counted under on_error="skip" (defaults to the message).
+        self.path, self.row, self.reason = path, row, kind or message
         where = ""
         if path is not None:
             where = f"{path}"

@@ -1,0 +1,250 @@
+"""Teacher reliability and drift over the stream.
+
+Reliability (per teacher, and per teacher x finding), all measured against the consensus:
+agreement, false-positive rate P(teacher PRESENT | consensus ABSENT), false-negative rate
+P(teacher ABSENT | consensus PRESENT), uncertain rate, side agreement and left/right swap rate on
+lateral findings, refusal rate, rate of trajectories with nothing extractable, verbosity
+(completion tokens, or words when the record has no token count), and coverage of the stream.
+
+Drift detection runs an established detector from ``river`` (ADWIN by default; KSWIN and
+Page-Hinkley too) over each teacher's signals in stream order:
+
+- ``overall``: the per-image agreement with the consensus on the informative findings
+  (:func:`cxr_max.drift.consensus.informative_agreement_with`);
+- one signal per finding: 1/0 agreement on the *informative* images only, where the teacher or the
+  consensus holds the finding present or uncertain (agreement on images where both say absent would
+  swamp the signal);
+- ``laterality``: side agreement where both hold a lateral finding present with a known side;
+- ``refusal``: 1 when the teacher refused the image (over the images it answered at all).
+
+A drift point records where the detector fired (``detected_at``) and, for ADWIN, the start of the
+window it kept after cutting (``change_at``, its estimate of where the change began); other
+detectors give ``change_at = detected_at``. Positions are stream positions in ``[0, 1)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import numpy as np
+
+from cxr_max.drift.consensus import Consensus
+from cxr_max.drift.findings import ABSENT, LATERAL_INDEX, PRESENT, UNCERTAIN, Panel
+from cxr_max.labels import CHEXPERT_LABELS, LATERAL_FINDINGS
+
+Detector = Literal["adwin", "kswin", "page_hinkley"]
+AGREEMENT_SIGNALS = ("overall",) + CHEXPERT_LABELS  # the signals whose drift points segment a teacher's stream
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftPoint:
+    """One detection on one teacher's signal."""
+
+    teacher: str
+    signal: str  # "overall", a CheXpert label, "laterality" or "refusal"
+    detected_at: float  # stream position where the detector fired
+    change_at: float  # estimated start of the change (stream position)
+    before: float  # mean of the signal over the stretch before change_at (since the previous point)
+    after: float  # mean of the signal from change_at to the next point
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _detector(name: Detector, params: dict[str, Any]):
+    from river import drift
+
+    if name == "adwin":
+        return drift.ADWIN(**params)
+    if name == "kswin":
+        return drift.KSWIN(**({"seed": 0} | params))
+    if name == "page_hinkley":
+        return drift.PageHinkley(**params)
+    raise ValueError(f"detector must be 'adwin', 'kswin' or 'page_hinkley', not {name!r}")
+
+
+def teacher_signals(panel: Panel, cons: Consensus) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """``(teacher, signal) -> (stream positions, values)`` in stream order (see the module docstring)."""
+    votes = panel.state
+    out: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    pos = panel.stream_pos
+    lat = list(LATERAL_INDEX)
+    for t, name in enumerate(panel.teachers):
+        usable = panel.usable[:, t]
+        out[(name, "overall")] = (pos[usable], cons.informative_agreement[usable, t])
+        for k, finding in enumerate(CHEXPERT_LABELS):
+            informative = usable & ((votes[:, t, k] != ABSENT) | (cons.state[:, k] != ABSENT))
+            out[(name, finding)] = (pos[informative], (votes[informative, t, k] == cons.state[informative, k]).astype(float))
+        sided = usable[:, None] & (votes[:, t, lat] == PRESENT) & (cons.state[:, lat] == PRESENT) \
+            & (panel.side[:, t] > 0) & (cons.side > 0) & ~panel.side_conflict[:, t]
+        rows, cols = np.nonzero(sided)
+        same = (panel.side[rows, t, cols] == cons.side[rows, cols]).astype(float)
+        out[(name, "laterality")] = (pos[rows], same)
+    return out | refusal_signals(panel)
+
+
+def refusal_signals(panel: Panel) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """``(teacher, "refusal") -> (stream positions, 1.0 if refused)`` over the images each teacher answered."""
+    out = {}
+    for t, name in enumerate(panel.teachers):
+        answered = panel.present[:, t]
+        out[(name, "refusal")] = (panel.stream_pos[answered], panel.refused[answered, t].astype(float))
+    return out
+
+
+def detect_drift(signals: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], *, detector: Detector = "adwin",
+                 params: dict[str, Any] | None = None, min_points: int = 30) -> list[DriftPoint]:
+    """Run one fresh detector per signal; signals shorter than ``min_points`` are not tested."""
+    points: list[DriftPoint] = []
+    params = dict(params or {})
+    for (teacher, signal), (pos, values) in signals.items():
+        if len(values) < min_points:
+            continue
+        det = _detector(detector, params)
+        cuts: list[tuple[int, int]] = []  # (detected index, change index)
+        for i, x in enumerate(values.tolist()):
+            det.update(x)
+            if det.drift_detected:
+                width = int(getattr(det, "width", 0) or 0)
+                start = max(i - width + 1, cuts[-1][1] if cuts else 0) if width else i
+                cuts.append((i, start))
+        bounds = [0] + [c for _, c in cuts] + [len(values)]
+        for j, (i, c) in enumerate(cuts):
+            before = values[bounds[j] : c]
+            after = values[c : bounds[j + 2]]
+            points.append(DriftPoint(
+                teacher=teacher, signal=signal, detected_at=float(pos[i]), change_at=float(pos[c]),
+                before=float(before.mean()) if len(before) else float("nan"),
+                after=float(after.mean()) if len(after) else float("nan"),
+            ))
+    return points
+
+
+def window_edges(n_windows: int) -> np.ndarray:
+    """Equal-width stream windows over [0, 1]."""
+    return np.linspace(0.0, 1.0, n_windows + 1)
+
+
+def windowed_mean(pos: np.ndarray, values: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and count of ``values`` in each window (NaN mean for an empty window)."""
+    w = np.clip(np.searchsorted(edges, pos, side="right") - 1, 0, len(edges) - 2)
+    n = np.bincount(w, minlength=len(edges) - 1)
+    s = np.bincount(w, weights=values, minlength=len(edges) - 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, s / np.maximum(n, 1), np.nan), n
+
+
+def segment_agreement(panel: Panel, cons: Consensus, points: list[DriftPoint]) -> np.ndarray:
+    """[I, T]: each teacher's mean informative agreement over the stretch of its stream (between its own
+    detected change points on agreement signals) that holds the image; its overall mean when it has none."""
+    out = np.full(cons.agreement.shape, np.nan)
+    for t, name in enumerate(panel.teachers):
+        cuts = sorted({p.change_at for p in points if p.teacher == name and p.signal in AGREEMENT_SIGNALS})
+        seg = np.searchsorted(np.asarray(cuts), panel.stream_pos, side="right")
+        a = cons.informative_agreement[:, t]
+        ok = ~np.isnan(a)
+        overall = float(a[ok].mean()) if ok.any() else np.nan
+        n = np.bincount(seg[ok], minlength=len(cuts) + 1)
+        s = np.bincount(seg[ok], weights=a[ok], minlength=len(cuts) + 1)
+        seg_mean = np.where(n > 0, s / np.maximum(n, 1), overall)
+        out[:, t] = seg_mean[seg]
+    return out
+
+
+def _rate(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.maximum(den, 1), np.nan)
+
+
+def pairwise_agreement(panel: Panel) -> np.ndarray:
+    """[14, T, T]: share of images where both teachers vote and say the same state (NaN without overlap)."""
+    votes = panel.state
+    usable = panel.usable
+    n_t = len(panel.teachers)
+    out = np.full((len(CHEXPERT_LABELS), n_t, n_t), np.nan)
+    for a in range(n_t):
+        for b in range(a, n_t):
+            both = usable[:, a] & usable[:, b]
+            if both.any():
+                same = (votes[both, a] == votes[both, b]).mean(axis=0)
+                out[:, a, b] = out[:, b, a] = same
+    return out
+
+
+def teacher_reliability(panel: Panel, cons: Consensus, *, n_windows: int = 10) -> dict[str, Any]:
+    """Every per-teacher number (JSON-ready): coverage, refusals, verbosity, agreement, confusion rates,
+    laterality, and agreement per stream window."""
+    votes = panel.state
+    edges = window_edges(n_windows)
+    signals = teacher_signals(panel, cons)
+    lat = list(LATERAL_INDEX)
+    result: dict[str, Any] = {"window_edges": edges.tolist(), "teachers": {}}
+    for t, name in enumerate(panel.teachers):
+        present = panel.present[:, t]
+        usable = panel.usable[:, t]
+        n_present = int(present.sum())
+        v = votes[usable, t]
+        c = cons.state[usable]
+        per_finding = {}
+        for k, finding in enumerate(CHEXPERT_LABELS):
+            cp, ca = c[:, k] == PRESENT, c[:, k] == ABSENT
+            pos_w, val_w = signals[(name, finding)]
+            win, nwin = windowed_mean(pos_w, val_w, edges)
+            per_finding[finding] = {
+                "agreement": float((v[:, k] == c[:, k]).mean()) if len(v) else None,
+                "informative_agreement": float(val_w.mean()) if len(val_w) else None,
+                "false_positive_rate": _nan_none(_rate(((v[:, k] == PRESENT) & ca).sum(), ca.sum())),
+                "false_negative_rate": _nan_none(_rate(((v[:, k] == ABSENT) & cp).sum(), cp.sum())),
+                "uncertain_rate": float((v[:, k] == UNCERTAIN).mean()) if len(v) else None,
+                "positive_rate": float((v[:, k] == PRESENT).mean()) if len(v) else None,
+                "window_agreement": [_nan_none(x) for x in win],
+                "window_n": nwin.tolist(),
+            }
+            if cons.confusion is not None:
+                per_finding[finding]["dawid_skene_confusion"] = [[_nan_none(x) for x in row] for row in cons.confusion[k, t]]
+        # laterality: where both hold a lateral finding present with known sides
+        sided = usable[:, None] & (votes[:, t, lat] == PRESENT) & (cons.state[:, lat] == PRESENT) \
+            & (panel.side[:, t] > 0) & (cons.side > 0) & ~panel.side_conflict[:, t]
+        ts, cs = panel.side[:, t][sided], cons.side[sided]
+        swap = ((ts == 1) & (cs == 2)) | ((ts == 2) & (cs == 1))
+        per_side = {}
+        for j, finding in enumerate(LATERAL_FINDINGS):
+            m = sided[:, j]
+            tj, cj = panel.side[m, t, j], cons.side[m, j]
+            sw = ((tj == 1) & (cj == 2)) | ((tj == 2) & (cj == 1))
+            per_side[finding] = {"n": int(m.sum()), "agreement": _nan_none(_rate((tj == cj).sum(), m.sum())),
+                                 "swap_rate": _nan_none(_rate(sw.sum(), m.sum()))}
+        pos_o, val_o = signals[(name, "overall")]
+        win_o, n_o = windowed_mean(pos_o, val_o, edges)
+        pos_r, val_r = signals[(name, "refusal")]
+        win_r, _ = windowed_mean(pos_r, val_r, edges)
+        verb = panel.verbosity[:, t]
+        verb = verb[~np.isnan(verb)]
+        result["teachers"][name] = {
+            "n_present": n_present,
+            "coverage": float(n_present / max(panel.n_images, 1)),
+            "first_stream_pos": _nan_none(panel.stream_pos[present].min()) if n_present else None,
+            "last_stream_pos": _nan_none(panel.stream_pos[present].max()) if n_present else None,
+            "refusal_rate": _nan_none(_rate(panel.refused[:, t].sum(), n_present)),
+            "no_findings_rate": _nan_none(_rate(panel.empty[:, t].sum(), n_present)),
+            "side_conflict_rate": _nan_none(_rate(panel.side_conflict[:, t].any(axis=1).sum(), n_present)),
+            "verbosity_mean": float(verb.mean()) if len(verb) else None,
+            "verbosity_median": float(np.median(verb)) if len(verb) else None,
+            "agreement": float(np.nanmean(cons.agreement[:, t])) if usable.any() else None,
+            "informative_agreement": float(np.nanmean(cons.informative_agreement[:, t])) if usable.any() else None,
+            "laterality_n": int(sided.sum()),
+            "laterality_agreement": _nan_none(_rate((ts == cs).sum(), sided.sum())),
+            "laterality_swap_rate": _nan_none(_rate(swap.sum(), sided.sum())),
+            "laterality": per_side,
+            "window_agreement": [_nan_none(x) for x in win_o],
+            "window_n": n_o.tolist(),
+            "window_refusal_rate": [_nan_none(x) for x in win_r],
+            "findings": per_finding,
+        }
+    return result
+
+
+def _nan_none(x) -> float | None:
+    x = float(x)
+    return None if np.isnan(x) else x

@@ -1,0 +1,523 @@
+"""Rule-based CheXpert-style label extraction from free-text chest X-ray reports and teacher answers.
+
+In the spirit of the CheXpert labeler (Irvin et al., 2019), without its Java parser:
+
+1. **Text.** Sections that describe the *request* rather than the image (INDICATION, HISTORY,
+   COMPARISON, TECHNIQUE, EXAMINATION, ...; a header is a line that starts with capitals and a colon)
+   are dropped. ``<think>``-style tags are replaced by a sentence break, so a teacher completion
+   ``"<think> reasoning </think>The disease of this patient is X."`` is labelled as a whole. A refusal
+   ("As an AI, I cannot provide a diagnosis ...", see :func:`cxr_max.trajectories.parse.is_refusal`)
+   gives every label ``None``. The text is lower-cased.
+2. **Clauses.** The text is cut into clauses at ``.`` (not in decimals or "vs."), ``;``, ``:``, blank
+   lines and the words "but", "however", "although", "though", "whereas", "except", "other than",
+   "aside from", "apart from", "which", "there is/are/has been/...". Negation and uncertainty cues act
+   only inside their own clause. Inside a clause a pre-mention negation ("no", "without", ...) reaches
+   across a comma-separated list ("no effusion, pneumothorax, or consolidation") but stops at a comma
+   that starts a new assertion (", small", ", possible", ", left", ...).
+3. **Mentions.** Each label has a compiled regular expression of phrases (see ``_MENTIONS``; e.g.
+   "enlarged cardiac silhouette" for Cardiomegaly, "blunting of the costophrenic angle" for Pleural
+   Effusion, "pulmonary vascular congestion" for Edema, "ET tube"/"PICC"/"sternotomy wires" for
+   Support Devices). Heart size and mediastinal contour phrases are *attribute* mentions: positive
+   only with an abnormal qualifier ("enlarged", "widened", "prominent"), negative with a normal one
+   ("normal", "unremarkable", "not enlarged"), otherwise not a mention.
+4. **Status of a mention**, checked in this order: (a) negated uncertainty ("cannot be excluded",
+   "not ruled out", "cannot exclude") -> uncertain; (b) negation before the mention ("no", "not",
+   "without", "free of", "negative for", "no evidence of", "absence of", "resolution of",
+   "removal of", "clear of", ...) or after it ("is not seen", "has resolved", "was removed", "is
+   absent", ...) -> negative; (c) uncertainty before ("possible", "may", "likely", "suggest",
+   "concerning for", "questionable", "versus", ...) or after ("is suspected", "versus", "?") ->
+   uncertain; otherwise positive. Pseudo-negations ("no change in", "not significantly changed",
+   "no increase in") are not negations.
+5. **Aggregation per label** (as CheXpert): positive beats uncertain beats negative beats not
+   mentioned. **No Finding** is 1 when the text says something (is not empty) and no label other than
+   Support Devices is positive or uncertain; otherwise it is None.
+6. **Laterality** (Pleural Effusion, Pneumothorax, Consolidation, Atelectasis), from positive or
+   uncertain mentions only: the side words just before the mention in its clause ("left", "right",
+   "bilateral", "both", "bibasilar", "RLL", "lingula", "left greater than right" ...) or just after it
+   ("effusion on the left", "effusions, left greater than right", "... bilaterally"). When different
+   mentions of one finding name different single sides (left in one, right in another, none says
+   bilateral) the laterality is ``"bilateral"`` (the union) and the finding is listed in
+   :attr:`LabelResult.laterality_conflict`: in a radiology report that usually means both sides, in a
+   teacher trajectory it usually means the reasoning and the answer disagree.
+
+Values are floats as in the MIMIC-CXR CheXpert CSV: 1.0 positive, 0.0 negative, -1.0 uncertain,
+``None`` not mentioned. All regular expressions are compiled once, at import.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import re
+from collections.abc import Iterable, Sequence
+
+from cxr_max.errors import DataError
+from cxr_max.labels import CHEXPERT_LABELS, LATERAL_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
+from cxr_max.trajectories.parse import is_refusal
+
+__all__ = [
+    "LabelResult",
+    "label_report",
+    "label_report_full",
+    "label_reports",
+    "label_reports_full",
+    "labels_to_arrow",
+    "laterality_to_arrow",
+    "report_body",
+]
+
+_F = re.IGNORECASE
+
+
+def _rx(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, _F)
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Text preparation
+# --------------------------------------------------------------------------------------------------
+
+# Sections that describe why the image was taken, not what it shows.
+_SKIP_SECTIONS = frozenset(
+    {
+        "indication", "indications", "clinical indication", "history", "clinical history",
+        "clinical information", "reason for exam", "reason for examination", "reason for study",
+        "comparison", "comparisons", "technique", "examination", "exam", "procedure", "type of exam",
+        "type of examination", "notification", "referring physician", "clinical question", "prior",
+    }
+)
+_HEADER = re.compile(r"^[ \t]*([A-Z][A-Za-z /&()\-]{1,40}?)[ \t]*:", re.MULTILINE)
+_TAGS = _rx(r"</?\s*(?:think|thinking|reasoning|thought|answer)\s*>")
+
+
+def report_body(text: str) -> str:
+    """The part of a report that describes the image: every section except INDICATION, HISTORY,
+    COMPARISON, TECHNIQUE, EXAMINATION and the like. Text with no recognised header is returned whole.
+
+    A header is a line starting with a word in capitals (or a known section name in any case)
+    followed by a colon, as in MIMIC-CXR and IU-Xray reports.
+    """
+    headers = [m for m in _HEADER.finditer(text) if m.group(1).isupper() or m.group(1).lower() in _SKIP_SECTIONS]
+    if not headers:
+        return text
+    keep = [text[: headers[0].start()]]
+    for i, m in enumerate(headers):
+        end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
+        if m.group(1).strip().lower() not in _SKIP_SECTIONS:
+            keep.append(text[m.end() : end])
+    return "\n\n".join(keep)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Clause boundaries
+# --------------------------------------------------------------------------------------------------
+
+_BOUNDARY = _rx(
+    r"(?<!\bvs)(?<!\bdr)\.(?!\d)|[;:!]|\n[ \t]*\n|"
+    r"\b(?:but|however|although|though|whereas|except|other than|aside from|apart from|which|"
+    r"there (?:is|are|has been|have been|was|were|may be|might be))\b"
+)
+
+# A comma followed by one of these words starts a new assertion and ends a negation's list scope.
+_NEW_ASSERTION = _rx(
+    r",\s*(?:(?:and|with)\s+)?(?:small|moderate|large|mild|mildly|moderately|severe|new|persistent|"
+    r"increased|increasing|decreased|decreasing|stable|unchanged|there|the|a|an|minimal|trace|slight|"
+    r"tiny|known|worsening|worsened|improving|improved|residual|left|right|bilateral|bibasilar|"
+    r"possible|possibly|probable|probably|likely|may|might|could|suspected|presumed|questionable|"
+    r"concerning|suggestive|consistent|compatible|some|subtle|small-to-moderate|moderate-to-large|"
+    r"low|lower|upper|patchy|focal|streaky|linear|plate-like|platelike|hazy|dense|multifocal|"
+    r"diffuse|extensive|retrocardiac|basilar|bibasal|apical|loculated|layering|vascular|pulmonary)\b"
+)
+
+# --------------------------------------------------------------------------------------------------
+# 3. Mention lexicon
+# --------------------------------------------------------------------------------------------------
+
+_MENTIONS: dict[str, str] = {
+    "Atelectasis": r"atelecta\w*|\bcollapsed?\b(?! of the vertebra)|volume loss|"
+    r"\b(?:sub)?segmental (?:atelecta\w*|collapse)",
+    "Cardiomegaly": r"cardiomegaly|cardiac enlargement|enlarge(?:d|ment of the) (?:heart|cardiac silhouette|"
+    r"cardiac shadow|cardiac contour)|enlarged cardiac (?:silhouette|shadow|contour|size)|"
+    r"(?:large|enlarged|big) heart|cardiac hypertrophy",
+    "Consolidation": r"consolidat\w*",
+    "Edema": r"(?<!soft tissue )(?<!subcutaneous )(?<!pedal )(?<!extremity )\bo?edema\b|edematous|"
+    r"(?:pulmonary |vascular |venous |interstitial )+congestion|\bcongestive (?:heart )?failure|\bchf\b|"
+    r"vascular engorgement|cephali[sz]ation|kerley b|fluid overload|(?:heart|cardiac) failure|"
+    r"volume overload",
+    "Enlarged Cardiomediastinum": r"enlarged cardiomediastin\w*|cardiomediastinal enlargement|"
+    r"widen(?:ed|ing) (?:of the )?(?:superior )?mediastin\w*|mediastinal (?:widening|enlargement)|"
+    r"enlarged mediastin\w*|mediastinal mass|enlarged hila|hilar (?:enlargement|prominence|adenopathy|"
+    r"lymphadenopathy)|mediastinal (?:lymphadenopathy|adenopathy)|pneumomediastinum",
+    "Fracture": r"fractur\w*|\bfx\b",
+    "Lung Lesion": r"nodul\w*|\bmass(?:es|-like)?\b(?! effect)|\blesions?\b|tumou?r|neoplas\w*|carcinoma|"
+    r"malignan\w*|metasta\w*|\blump\b|cavitary (?:lesion|opacity)|\bcancer\b",
+    "Lung Opacity": r"opaci\w*|air[ -]?space (?:disease|process)|infiltrat\w*|decreased translucency|"
+    r"increased (?:density|densities|attenuation)|\bdensit(?:y|ies)\b|interstitial (?:marking|pattern|"
+    r"prominence|abnormalit|lung disease|disease|thickening|process)\w*|reticula(?:r|tion)\w*|"
+    r"(?:parenchymal|pulmonary|lung) scar\w*|peribronchial (?:thickening|cuffing)|haziness|"
+    r"ground[ -]glass|bronchiectasis|fibrosis|fibrotic",
+    "Pleural Effusion": r"(?<!pericardial )(?<!joint )(?<!pericardial and pleural )effusions?\b|"
+    r"pleural fluid|hydrothora\w*|blunt(?:ed|ing) (?:of )?(?:the )?(?:left |right |bilateral |both )?"
+    r"(?:costophrenic|cp|costodiaphragmatic)|(?:costophrenic|cp) (?:angle |sulcus |sulci )?blunting|"
+    r"layering fluid|fluid (?:in|within|tracking along) the (?:pleural|fissure|minor fissure|major fissure)|"
+    r"meniscus sign",
+    "Pleural Other": r"pleural (?:thickening|plaques?|calcification\w*|scar\w*|abnormalit\w*|"
+    r"based (?:opacity|density|mass|lesion)|reaction|irregularity)|fibrothorax|apical (?:pleural )?"
+    r"cap(?:ping|s)?\b|pleuroparenchymal (?:scar\w*|thickening|opacit\w*)|mesothelioma",
+    "Pneumonia": r"pneumonias?\b|bronchopneumonia|pneumonitis|infectio\w*|infectious (?:process|etiology)|"
+    r"\baspiration\b|\bpna\b",
+    "Pneumothorax": r"pneumothora\w*|\bptx\b|hydropneumothora\w*|(?:air|gas) in the pleural space",
+    "Support Devices": r"(?:endotracheal|\bet|\bett|\bng|\bog|nasogastric|orogastric|enteric|feeding|"
+    r"dobhoff|chest|tracheostomy|trach|gastrostomy|\bg-|\bj-|nasojejunal|drainage|pleural|mediastinal|"
+    r"thoracostomy|esophageal|temperature)[ -]?(?:tubes?|catheters?|drains?|probe)|\bett\b|\bpiccs?\b|"
+    r"(?:central|venous|arterial|midline|hemodialysis|dialysis|swan[ -]ganz|pulmonary artery|"
+    r"(?:internal )?jugular|\bij|subclavian|femoral|port)[ -]?(?:venous )?(?:lines?|catheters?|"
+    r"cath)\b|swan[ -]ganz|pacemakers?|\bpacer\b|pacing (?:wires?|leads?)|defibrillator|\baicds?\b|"
+    r"\bicds?\b|(?:sternotomy|sternal|cerclage) wires?|median sternotomy|sternotomy|port-a-cath|"
+    r"\bport\b|tracheostomy|\btrach\b|\blvad\b|ventricular assist device|intra-?aortic balloon|"
+    r"\biabp\b|(?:valve|mitral|aortic) (?:replacement|prosthesis)|prosthetic valve|\bstents?\b|"
+    r"surgical clips|\bclips?\b|\bleads?\b|\bhardware\b|\bdevices?\b|\bpigtail\b|catheters?|\bdrains?\b|"
+    r"\bcabg\b|loop recorder|\bimpella\b|\becmo\b|\blines (?:and|or|/) tubes\b|\btubes (?:and|or|/) lines\b|"
+    r"monitoring (?:leads|devices)|support devices",
+}
+_MENTION_RX: dict[str, re.Pattern[str]] = {name: _rx(p) for name, p in _MENTIONS.items()}
+
+# Attribute mentions: a subject phrase whose status depends on its qualifier in the same clause.
+_HEART = _rx(
+    r"\b(?:heart|cardiac) (?:size|silhouette|shadow|contours?|dimensions?)|\bheart\b(?! failure| rate)|"
+    r"cardiac (?:silhouette|size)"
+)
+_MEDIASTINUM = _rx(
+    r"cardio-?mediastinal (?:silhouette|contours?|size|width|shadow)|mediastinal (?:silhouette|contours?|"
+    r"width|size|structures|shadow)|\bmediastinum\b|hilar contours?|\bhila\b|cardiomediastinum|"
+    r"cardiac and mediastinal (?:silhouettes?|contours?)|heart and mediastinum"
+)
+_ABNORMAL_SIZE = _rx(
+    r"\b(?:enlarg\w*|increas\w*|large|larger|widen\w*|wide|prominen\w*|big|top[ -]normal|upper limits? of "
+    r"normal|borderline|at the upper)\b"
+)
+_NORMAL_SIZE = _rx(
+    r"\b(?:normal|unremarkable|within normal limits|not (?:be )?(?:enlarged|widened|prominent)|"
+    r"no (?:longer )?(?:enlarged|widened)|stable|unchanged|small|upper limits? of normal|top[ -]normal)\b"
+)
+_BORDERLINE = _rx(r"\b(?:top[ -]normal|upper limits? of normal|borderline|at the upper)")
+
+# --------------------------------------------------------------------------------------------------
+# 4. Negation and uncertainty cues
+# --------------------------------------------------------------------------------------------------
+
+# Negated uncertainty: checked first, anywhere in the clause.
+_NEG_UNCERTAIN = _rx(
+    r"cannot (?:be )?(?:entirely |completely |totally |definitely |definitively |fully )?(?:excluded|ruled out)|"
+    r"can ?not (?:entirely |completely |totally )?(?:exclude|rule out)|can't (?:exclude|rule out|be excluded)|"
+    r"not (?:be )?(?:entirely |completely |totally |definitely |fully )?(?:excluded|ruled out)|"
+    r"(?:difficult|hard|unable) to (?:exclude|rule out)|could not be (?:excluded|ruled out)|"
+    r"may not be excluded|not (?:entirely )?(?:certain|sure)|no definite evidence against|"
+    r"(?:is|are) not (?:clearly )?(?:seen|visualized) (?:but|although)"
+)
+
+# Pseudo-negations: "no change in X", "not significantly changed" are statements about a present X.
+_PSEUDO = (
+    r"(?:significant|substantial|appreciable|interval|definite|marked|major|other|new)?\s*"
+    r"(?:change|changed|increase|increased|decrease|decreased|improvement|improved|worsening|worsened|"
+    r"progression|enlargement|difference|evolution)"
+)
+_PRE_NEG = _rx(
+    r"\b(?:no(?!\s+" + _PSEUDO + r"\b)|not(?!\s+(?:only|" + _PSEUDO + r"\b))|without(?!\s+" + _PSEUDO + r"\b)|"
+    r"neither|nor|free of|negative for|absence of|absent|resolution of|resolved|removal of|removed|"
+    r"clear of|clearing of|rules? out|ruled out|exclude[ds]?|excluding|never|denies)\b"
+)
+_POST_NEG = _rx(
+    r"^[^,]{0,40}?\b(?:(?:is|are|was|were|has|have|been|be)\s+)*(?:not|no longer)\s+(?:\w+\s+)?"
+    r"(?:seen|identified|present|evident|appreciated|visualized|visualised|demonstrated|noted|detected|"
+    r"visible|apparent|shown|observed|found|recognized|definitely seen)\b|"
+    r"^[^,]{0,40}?\b(?:has|have|had)?\s*(?:\w+\s+)?(?:resolved|cleared|disappeared|been removed|been withdrawn)\b|"
+    r"^[^,]{0,30}?\b(?:is|are|was|were)\s+(?:now\s+)?(?:absent|removed|resolved|gone|withdrawn)\b|"
+    r"^\s*(?:removed|resolved|absent)\b"
+)
+_PRE_UNC = _rx(
+    r"\b(?:possibl[ey]|probabl[ey]|likely|unlikely|may|might|could|perhaps|suspect\w*|suspicious|"
+    r"concern(?:ing)? (?:for|of)|suggest\w*|question(?:able)?|questioned|presum\w*|potential\w*|"
+    r"equivocal|indeterminate|uncertain|versus|vs\.?|differential|consider\w*|cannot be distinguished|"
+    r"may represent|could represent|worrisome|atypical|early|developing|evolving|"
+    r"not (?:clearly|entirely|definitely) (?:excluded|separate)|borderline|apparent|suggestion of|"
+    r"compatible with|in the appropriate clinical setting|r/o|rule out|evaluat\w+ for|assess\w* for)\b|\?"
+)
+_POST_UNC = _rx(
+    r"^[^,.]{0,50}?\b(?:(?:is|are|was|were|be|seems?|appears?)\s+(?:\w+\s+)?(?:possible|possibly|suspected|"
+    r"questioned|questionable|considered|likely|unlikely|probable|a consideration|a concern|"
+    r"in the differential)|versus|vs\.?|or not|(?:could|cannot|can't) be (?:distinguished|differentiated))\b|"
+    r"^\s*\?|^[^.,]{0,40}\?"
+)
+
+# --------------------------------------------------------------------------------------------------
+# 5. Laterality
+# --------------------------------------------------------------------------------------------------
+
+_SIDE_CUT = _rx(r",|;|\band\b|\bor\b|\bwith\b|\bwithout\b|\bas well as\b|\bplus\b")
+_BILATERAL = _rx(
+    r"\b(?:bilateral\w*|both|bibasilar|bibasal|bi-?apical|biapical|(?:left|right)[- ](?:greater|more|larger|worse|"
+    r"slightly greater|much greater)(?: than| >)[- ](?:left|right)|(?:left|right)\s*>\s*(?:left|right)|"
+    r"left and right|right and left)\b"
+)
+_LEFT = _rx(r"\b(?:left|lt|l(?:ll|ul)|lingula\w*|left-sided)\b")
+_RIGHT = _rx(r"\b(?:right|rt|r(?:ll|ml|ul)|right-sided)\b")
+_ADJ_BOTH = _rx(
+    r"\b(?:left|right)\s+(?:and|or|greater than|more than|larger than|worse than|>)\s+(?:right|left)\b"
+    r"(?:\s+[\w-]+){0,4}\s*$"
+)
+_POST_SIDE = _rx(
+    r"^[\s,]*(?:(?:is|are|was|were)\s+(?:(?:again|now|also|seen|noted|present|identified|demonstrated)\s+){0,2})?"
+    r"(?:(?:on|at|in|of|involving|within|along|over|at)\s+(?:the\s+|both\s+)?)?"
+    r"(?:(?:lower|upper|mid|middle)\s+)?"
+    r"(bilateral(?:ly)?|both|left|right|lt|rt|lingula|r[lmu]l|l[lu]l)\b(?!\s+(?:\w+\s+){0,3}?(?:lobe|lung|base|hemithorax|apex|side)?\s*"
+    r"(?:atelecta|consolidat|effusion|pneumothora))"
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelResult:
+    """What :func:`label_report_full` extracts from one text.
+
+    ``labels``: the 14 CheXpert labels -> 1.0 / 0.0 / -1.0 / None.
+    ``laterality``: Pleural Effusion, Pneumothorax, Consolidation, Atelectasis -> "left" / "right" /
+    "bilateral" / None (None when the finding is not positive or uncertain, or no side is named).
+    ``laterality_conflict``: findings whose mentions name different single sides (see module doc).
+    ``refusal``: the text declined the task; every label is then None.
+    """
+
+    labels: dict[str, float | None]
+    laterality: dict[str, str | None]
+    laterality_conflict: frozenset[str] = frozenset()
+    refusal: bool = False
+
+
+def _empty_result(refusal: bool) -> LabelResult:
+    return LabelResult(
+        labels={name: None for name in CHEXPERT_LABELS},
+        laterality={name: None for name in LATERAL_FINDINGS},
+        laterality_conflict=frozenset(),
+        refusal=refusal,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The labeler
+# --------------------------------------------------------------------------------------------------
+
+
+def _prepare(text: str) -> str:
+    text = _TAGS.sub(" .\n\n", text)
+    return report_body(text).lower()
+
+
+def _clause_bounds(text: str) -> tuple[list[int], list[int]]:
+    """Sorted clause starts and ends (character offsets)."""
+    starts, ends = [0], []
+    for m in _BOUNDARY.finditer(text):
+        ends.append(m.start())
+        starts.append(m.end() if m.group(0)[:1] in ".;:!\n" else m.start())
+    ends.append(len(text))
+    return starts, ends
+
+
+def _negated_before(pre: str) -> bool:
+    """True when a negation cue in ``pre`` (clause text before the mention) reaches the mention."""
+    last = None
+    for last in _PRE_NEG.finditer(pre):
+        pass
+    if last is None:
+        return False
+    return _NEW_ASSERTION.search(pre, last.end()) is None
+
+
+def _uncertain_before(pre: str) -> bool:
+    last = None
+    for last in _PRE_UNC.finditer(pre):
+        pass
+    if last is None:
+        return False
+    # "possible small effusion" -> uncertain; "possible effusion, left pneumothorax" -> pneumothorax not.
+    return _NEW_ASSERTION.search(pre, last.end()) is None or last.group(0) in ("versus", "vs", "vs.")
+
+
+def _status(pre: str, post: str, clause: str) -> float:
+    if _NEG_UNCERTAIN.search(clause):
+        return UNCERTAIN
+    if _negated_before(pre) or _POST_NEG.search(post):
+        return NEGATIVE
+    if _uncertain_before(pre) or _POST_UNC.search(post):
+        return UNCERTAIN
+    return POSITIVE
+
+
+def _attribute_status(pre: str, post: str, clause: str) -> float | None:
+    """Heart size / mediastinal contour phrase: abnormal qualifier -> 1, normal -> 0, none -> None."""
+    around = pre[-40:] + " | " + post[:60]
+    if _BORDERLINE.search(around):
+        return UNCERTAIN
+    if _NORMAL_SIZE.search(around) and not re.search(r"\b(?:mildly|moderately|severely|markedly) enlarged", around):
+        # "not enlarged", "normal", "stable" (stable alone is no statement -> handled below)
+        if re.search(r"\b(?:stable|unchanged|small)\b", around) and not re.search(
+            r"\b(?:normal|unremarkable|within normal limits|not (?:be )?(?:enlarged|widened|prominent))\b", around
+        ):
+            if _ABNORMAL_SIZE.search(around):
+                return _status(pre, post, clause)
+            return None
+        return NEGATIVE
+    if _ABNORMAL_SIZE.search(around):
+        return _status(pre, post, clause)
+    return None
+
+
+def _side_of(text: str, start: int, end: int, cstart: int, cend: int) -> str | None:
+    """The side named for the mention text[start:end] inside its clause text[cstart:cend]."""
+    inside = text[start:end]
+    if _BILATERAL.search(inside):
+        return "bilateral"
+    if _LEFT.search(inside):
+        return "left"
+    if _RIGHT.search(inside):
+        return "right"
+    pre_full = text[cstart:start]
+    if _ADJ_BOTH.search(pre_full[-80:]):
+        return "bilateral"
+    cut = 0
+    for cut_m in _SIDE_CUT.finditer(pre_full):
+        cut = cut_m.end()
+    pre = pre_full[cut:]
+    if _BILATERAL.search(pre):
+        return "bilateral"
+    left, right = bool(_LEFT.search(pre)), bool(_RIGHT.search(pre))
+    if left and right:
+        return "bilateral"
+    if left:
+        return "left"
+    if right:
+        return "right"
+    post = text[end:cend][:60]
+    m = _POST_SIDE.search(post)
+    if m:
+        word = m.group(1)
+        if word.startswith(("bilateral", "both")):
+            return "bilateral"
+        rest = post[m.end() :]
+        if re.match(r"\s*(?:greater|more|larger|worse|>|and)\s+(?:than\s+)?(?:left|right)", rest):
+            return "bilateral"
+        return "left" if word in ("left", "lt", "lingula", "lll", "lul") else "right"
+    return None
+
+
+_AGG_RANK = {None: 0, NEGATIVE: 1, UNCERTAIN: 2, POSITIVE: 3}
+
+
+def _merge(current: float | None, new: float | None) -> float | None:
+    return new if _AGG_RANK[new] > _AGG_RANK[current] else current
+
+
+def label_report_full(text: str) -> LabelResult:
+    """Label one report or teacher completion: 14 CheXpert labels, laterality and conflicts.
+
+    ``text`` must be a ``str``; bytes or other types raise :class:`~cxr_max.errors.DataError`.
+    Empty text and refusals give every label None.
+    """
+    if not isinstance(text, str):
+        raise DataError(f"label_report expects str, got {type(text).__name__}")
+    if is_refusal(text):
+        return _empty_result(True)
+    body = _prepare(text)
+    if not re.search(r"[a-z]", body):
+        return _empty_result(False)
+
+    starts, ends = _clause_bounds(body)
+    labels: dict[str, float | None] = {name: None for name in CHEXPERT_LABELS}
+    sides: dict[str, list[str]] = {name: [] for name in LATERAL_FINDINGS}
+
+    def clause_of(pos: int) -> tuple[int, int]:
+        i = bisect.bisect_right(starts, pos) - 1
+        return starts[i], ends[i]
+
+    for name, rx in _MENTION_RX.items():
+        for m in rx.finditer(body):
+            cs, ce = clause_of(m.start())
+            pre, post, clause = body[cs : m.start()], body[m.end() : ce], body[cs:ce]
+            status = _status(pre, post, clause)
+            labels[name] = _merge(labels[name], status)
+            if name in sides and status in (POSITIVE, UNCERTAIN):
+                side = _side_of(body, m.start(), m.end(), cs, ce)
+                if side:
+                    sides[name].append(side)
+
+    for name, rx in (("Cardiomegaly", _HEART), ("Enlarged Cardiomediastinum", _MEDIASTINUM)):
+        for m in rx.finditer(body):
+            cs, ce = clause_of(m.start())
+            status = _attribute_status(body[cs : m.start()], body[m.end() : ce], body[cs:ce])
+            labels[name] = _merge(labels[name], status)
+
+    findings = [labels[n] for n in CHEXPERT_LABELS if n not in ("No Finding", "Support Devices")]
+    labels["No Finding"] = None if any(v in (POSITIVE, UNCERTAIN) for v in findings) else POSITIVE
+
+    laterality: dict[str, str | None] = {}
+    conflict = set()
+    for name in LATERAL_FINDINGS:
+        found = set(sides[name])
+        if not found:
+            laterality[name] = None
+        elif "bilateral" in found or len(found) > 1:
+            laterality[name] = "bilateral"
+            if "bilateral" not in found:
+                conflict.add(name)
+        else:
+            laterality[name] = found.pop()
+    return LabelResult(labels=labels, laterality=laterality, laterality_conflict=frozenset(conflict))
+
+
+def label_report(text: str) -> dict[str, float | None]:
+    """The 14 CheXpert labels of one text (1.0 positive, 0.0 negative, -1.0 uncertain, None not
+    mentioned). See :func:`label_report_full` and the module docstring for the rules."""
+    return label_report_full(text).labels
+
+
+def label_reports_full(texts: Iterable[str], *, progress: bool = False) -> list[LabelResult]:
+    """:func:`label_report_full` over many texts. A non-str item raises DataError naming its index."""
+    items = texts if isinstance(texts, Sequence) else list(texts)
+    out: list[LabelResult] = []
+    iterator: Iterable[tuple[int, str]] = enumerate(items)
+    if progress:
+        from rich.progress import track
+
+        iterator = track(iterator, total=len(items), description="labelling reports")
+    for i, text in iterator:
+        if not isinstance(text, str):
+            raise DataError(f"expected str, got {type(text).__name__}", path="texts", row=i)
+        out.append(label_report_full(text))
+    return out
+
+
+def label_reports(texts: Iterable[str], *, progress: bool = False) -> list[dict[str, float | None]]:
+    """:func:`label_report` over many texts (a list of 14-label dicts, in order)."""
+    return [r.labels for r in label_reports_full(texts, progress=progress)]
+
+
+def labels_to_arrow(results: Sequence[LabelResult | dict]):
+    """A ``pyarrow.StructArray`` of type :data:`cxr_max.trajectories.schema.LABELS_TYPE`."""
+    import pyarrow as pa
+
+    from cxr_max.trajectories.schema import LABELS_TYPE
+
+    rows = [r.labels if isinstance(r, LabelResult) else r for r in results]
+    return pa.array(rows, type=LABELS_TYPE)
+
+
+def laterality_to_arrow(results: Sequence[LabelResult]):
+    """A ``pyarrow.StructArray`` of type :data:`cxr_max.trajectories.schema.LATERALITY_TYPE`."""
+    import pyarrow as pa
+
+    from cxr_max.trajectories.schema import LATERALITY_TYPE
+
+    return pa.array([r.laterality for r in results], type=LATERALITY_TYPE)

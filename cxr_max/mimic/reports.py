@@ -1,0 +1,272 @@
+"""MIMIC-CXR free-text reports: reading them (per-study ``.txt`` files or ``mimic-cxr-reports.zip``)
+and splitting them into sections.
+
+Section rules of :func:`parse_report` (documented here once):
+
+* A **section header** is a line that starts (after spaces) with a name followed by a colon, e.g.
+  ``FINDINGS:``. The text after the colon on the same line belongs to the section. Known names are
+  matched case-insensitively; any other name counts as a header only when written in capitals (so
+  ``WET READ:`` or ``NOTIFICATION:`` start their own sections, while ``Dr. ___ was told at 10:30`` does
+  not).
+* **Names are normalised** through :data:`SECTION_ALIASES`, e.g. ``CLINICAL HISTORY`` -> ``HISTORY``,
+  ``REASON FOR EXAMINATION`` -> ``INDICATION``, ``IMPRESSIONS`` / ``CONCLUSION`` /
+  ``FINDINGS AND IMPRESSION`` -> ``IMPRESSION``, ``COMPARISONS`` -> ``COMPARISON``, ``EXAM`` ->
+  ``EXAMINATION``. Unknown capitalised headers are kept under their own name (capitals, single
+  spaces). The title line ``FINAL REPORT`` is dropped. Text before the first header is ``PREAMBLE``.
+* When a section occurs more than once, the **last non-empty occurrence wins** (a later empty
+  header does not erase earlier text).
+* **Addenda.** MIMIC puts addenda and wet reads above the report, separated from it by a line of
+  underscores. Text above the first such line that is not under a header of its own, and any
+  section headed ``ADDENDUM`` (with or without a colon), goes to ``ADDENDUM``; several addenda are
+  joined in the order they appear. Addenda never overwrite FINDINGS / IMPRESSION: headers above the
+  underscore line are read before the report body, so the body's sections win.
+* Within a section, **whitespace is normalised** (runs of spaces and newlines become one space).
+  PHI markers ``___`` are kept as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from pathlib import Path
+
+from cxr_max.errors import DataError, OnError, SkipLog, handle
+from cxr_max.mimic.paths import report_relpath, safe_join
+
+CANONICAL_SECTIONS: tuple[str, ...] = (
+    "EXAMINATION", "INDICATION", "HISTORY", "TECHNIQUE", "COMPARISON", "FINDINGS", "IMPRESSION", "ADDENDUM",
+)
+
+SECTION_ALIASES: dict[str, str] = {
+    # findings
+    "FINDINGS": "FINDINGS", "FINDING": "FINDINGS",
+    # impression (a combined findings-and-impression section is an impression)
+    "IMPRESSION": "IMPRESSION", "IMPRESSIONS": "IMPRESSION", "CONCLUSION": "IMPRESSION", "CONCLUSIONS": "IMPRESSION",
+    "FINDINGS AND IMPRESSION": "IMPRESSION", "FINDINGS/IMPRESSION": "IMPRESSION",
+    "IMPRESSION AND FINDINGS": "IMPRESSION", "IMPRESSION/FINDINGS": "IMPRESSION",
+    # indication
+    "INDICATION": "INDICATION", "INDICATIONS": "INDICATION", "CLINICAL INDICATION": "INDICATION",
+    "REASON FOR EXAMINATION": "INDICATION", "REASON FOR EXAM": "INDICATION", "REASON FOR STUDY": "INDICATION",
+    "REASON FOR THE EXAMINATION": "INDICATION",
+    # history
+    "HISTORY": "HISTORY", "CLINICAL HISTORY": "HISTORY", "PATIENT HISTORY": "HISTORY",
+    "CLINICAL INFORMATION": "HISTORY", "CLINICAL DATA": "HISTORY", "MEDICAL HISTORY": "HISTORY",
+    # comparison
+    "COMPARISON": "COMPARISON", "COMPARISONS": "COMPARISON", "COMPARISON EXAM": "COMPARISON",
+    "COMPARISON FILM": "COMPARISON", "COMPARISON STUDY": "COMPARISON", "COMPARISON STUDIES": "COMPARISON",
+    # technique
+    "TECHNIQUE": "TECHNIQUE", "TECHNIQUES": "TECHNIQUE",
+    # examination
+    "EXAMINATION": "EXAMINATION", "EXAM": "EXAMINATION", "TYPE OF EXAMINATION": "EXAMINATION",
+    "EXAMINATIONS": "EXAMINATION", "STUDY": "EXAMINATION", "PROCEDURE": "EXAMINATION",
+    # addendum
+    "ADDENDUM": "ADDENDUM", "ADDENDA": "ADDENDUM",
+}
+
+_HEADER_RE = re.compile(r"^[ \t]*([A-Za-z][A-Za-z ()/&,\-]{0,60}?)[ \t]*:", re.MULTILINE)
+_ADDENDUM_LINE_RE = re.compile(r"^[ \t]*ADDENDUM[ \t]*$", re.MULTILINE)
+_UNDERSCORE_LINE_RE = re.compile(r"^[ \t]*_{10,}[ \t]*$", re.MULTILINE)
+_TITLE_RE = re.compile(r"^[ \t]*FINAL REPORT[ \t]*$", re.MULTILINE)
+
+
+def _normalise_space(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _canonical(name: str) -> str | None:
+    """The section a header name stands for, or None when the text is not a header."""
+    key = _normalise_space(name).upper()
+    if key in SECTION_ALIASES:
+        return SECTION_ALIASES[key]
+    if name == name.upper() and any(c.isalpha() for c in name):
+        return key
+    return None
+
+
+def _split_sections(text: str) -> list[tuple[str, str]]:
+    """``(section, raw text)`` pairs in order; text before the first header has section ``None``."""
+    starts: list[tuple[int, int, str]] = []  # (header start, content start, section)
+    for m in _HEADER_RE.finditer(text):
+        section = _canonical(m.group(1))
+        if section is not None:
+            starts.append((m.start(), m.end(), section))
+    for m in _ADDENDUM_LINE_RE.finditer(text):
+        starts.append((m.start(), m.end(), "ADDENDUM"))
+    starts.sort()
+    pieces: list[tuple[str | None, str]] = [(None, text[: starts[0][0]] if starts else text)]
+    for i, (_, content_start, section) in enumerate(starts):
+        end = starts[i + 1][0] if i + 1 < len(starts) else len(text)
+        pieces.append((section, text[content_start:end]))
+    return pieces
+
+
+def parse_report(text: str) -> dict[str, str]:
+    """Split a MIMIC-CXR report into ``{section name: text}``; see the module docs for the rules.
+
+    >>> parse_report("FINAL REPORT\\nFINDINGS: Clear lungs.\\nIMPRESSION:  No acute\\n  process.")
+    {'FINDINGS': 'Clear lungs.', 'IMPRESSION': 'No acute process.'}
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    above, body = "", text
+    underscore = _UNDERSCORE_LINE_RE.search(text)
+    if underscore:
+        above, body = text[: underscore.start()], text[underscore.end():]
+        body = _UNDERSCORE_LINE_RE.sub("\n", body)
+    body = _TITLE_RE.sub("\n", body)
+
+    sections: dict[str, str] = {}
+    addenda: list[str] = []
+    for part, unlabelled_name in ((above, "ADDENDUM"), (body, "PREAMBLE")):
+        for header, raw in _split_sections(part):
+            content = _normalise_space(raw)
+            section = header or unlabelled_name
+            if section == "ADDENDUM":
+                if content:
+                    addenda.append(content)
+                continue
+            if header is None and not content:  # nothing before the first header
+                continue
+            if content or section not in sections:
+                sections[section] = content
+    if addenda:
+        sections["ADDENDUM"] = " ".join(addenda)
+    return sections
+
+
+def decode_report(data: bytes, where: str | os.PathLike) -> str:
+    """Decode report bytes as UTF-8 (a BOM is allowed); anything else raises DataError naming ``where``."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"report is not valid UTF-8 ({e.reason} at byte {e.start})", path=where) from e
+
+
+def read_report(path: str | os.PathLike, *, on_error: OnError = "raise", skips: SkipLog | None = None) -> str | None:
+    """The text of one report file. Missing or non-UTF-8 -> DataError (or None, counted, under skip)."""
+    try:
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise DataError("report file not found", path=path) from None
+        except OSError as e:
+            raise DataError(f"cannot read report: {e}", path=path) from e
+        return decode_report(data, path)
+    except DataError as err:
+        handle(err, on_error, skips)
+        return None
+
+
+_ZIP_MEMBER_RE = re.compile(r"(?:^|/)(?:files/)?(p\d{2}/p\d+/s\d+\.txt)$")
+
+
+class ReportStore:
+    """Reports of a MIMIC-CXR copy, from the per-study ``.txt`` tree or from ``mimic-cxr-reports.zip``.
+
+    ``source`` is either a folder holding ``files/p??/p*/s*.txt`` (the MIMIC-CXR root) or the zip.
+    The zip is opened once and indexed by its inner paths; a top-level folder inside the zip
+    (``mimic-cxr-reports/files/...``) is handled. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, source: str | os.PathLike, *, on_error: OnError = "raise", skips: SkipLog | None = None):
+        self.source = Path(source)
+        self.on_error, self.skips = on_error, skips
+        self._zip: zipfile.ZipFile | None = None
+        self._members: dict[str, str] = {}
+        if self.source.is_dir():
+            self.kind = "tree"
+        elif self.source.is_file():
+            self.kind = "zip"
+            try:
+                self._zip = zipfile.ZipFile(self.source)
+            except (zipfile.BadZipFile, OSError) as e:
+                raise DataError(f"not a readable zip file: {e}", path=self.source) from e
+            for name in self._zip.namelist():
+                m = _ZIP_MEMBER_RE.search(name)
+                if m:
+                    self._members.setdefault("files/" + m.group(1), name)
+        else:
+            raise DataError("report source not found (expected a folder or mimic-cxr-reports.zip)", path=self.source)
+
+    # -- lookup
+    def __len__(self) -> int:
+        """Number of reports in the zip (a tree is not scanned: len() of a tree store raises)."""
+        if self.kind != "zip":
+            raise TypeError("a report tree is not indexed; use has() per study")
+        return len(self._members)
+
+    def where(self, subject_id: object, study_id: object) -> str:
+        """A printable location of the report: a file path, or ``<zip>::<inner path>``."""
+        rel = report_relpath(subject_id, study_id)
+        if self.kind == "tree":
+            return str(safe_join(self.source, rel))
+        return f"{self.source}::{self._members.get(rel, rel)}"
+
+    def has(self, subject_id: object, study_id: object) -> bool:
+        """Whether the study has a report in this source."""
+        rel = report_relpath(subject_id, study_id)
+        if self.kind == "tree":
+            return safe_join(self.source, rel).is_file()
+        return rel in self._members
+
+    def text(self, subject_id: object, study_id: object) -> str | None:
+        """The report text of a study; missing or undecodable -> DataError, or None counted under skip."""
+        try:
+            rel = report_relpath(subject_id, study_id)
+            if self.kind == "tree":
+                path = safe_join(self.source, rel)
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError:
+                    raise DataError(f"no report for study {study_id} (subject {subject_id})", path=path) from None
+                except OSError as e:
+                    raise DataError(f"cannot read report: {e}", path=path) from e
+                return decode_report(data, path)
+            member = self._members.get(rel)
+            if member is None:
+                raise DataError(f"no report for study {study_id} (subject {subject_id}) in the zip", path=self.source)
+            assert self._zip is not None
+            try:
+                data = self._zip.read(member)
+            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                raise DataError(f"cannot read {member} from the zip: {e}", path=self.source) from e
+            return decode_report(data, f"{self.source}::{member}")
+        except DataError as err:
+            handle(err, self.on_error, self.skips)
+            return None
+
+    def report(self, subject_id: object, study_id: object) -> dict[str, str] | None:
+        """The parsed sections of a study's report (see :func:`parse_report`)."""
+        text = self.text(subject_id, study_id)
+        return None if text is None else parse_report(text)
+
+    # -- lifetime
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+
+    def __enter__(self) -> "ReportStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def find_report_source(*roots: str | os.PathLike | None) -> Path | None:
+    """Where a MIMIC copy keeps its reports: ``mimic-cxr-reports.zip`` in one of ``roots`` first, else
+    the first root with a ``files`` folder holding ``s*.txt`` reports (checked on the first patient
+    folders only). ``None`` when there is none."""
+    candidates = [Path(r) for r in roots if r is not None]
+    for root in candidates:
+        if (root / "mimic-cxr-reports.zip").is_file():
+            return root / "mimic-cxr-reports.zip"
+    for root in candidates:
+        files = root / "files"
+        if not files.is_dir():
+            continue
+        for group in sorted(files.glob("p??"))[:2]:
+            for patient in sorted(group.glob("p*"))[:5]:
+                if any(patient.glob("s*.txt")):
+                    return root
+    return None

@@ -1,0 +1,348 @@
+"""Build the embedded synthetic MIMIC-CXR on disk, in PhysioNet's layout, once (cached).
+
+``ensure_synthetic()`` returns a root folder holding::
+
+    mimic-cxr-jpg/  files/p1x/p1xxxxxxx/s5xxxxxxx/<dicom_id>.jpg and mimic-cxr-2.0.0-{metadata,split,chexpert,negbio}.csv.gz
+    mimic-cxr/      files/.../<dicom_id>.dcm, files/p1x/p1xxxxxxx/s5xxxxxxx.txt, mimic-cxr-reports.zip,
+                    cxr-record-list.csv.gz, cxr-study-list.csv.gz
+    ms-cxr-t/       MS_CXR_T_temporal_image_classification_v1.0.0.csv
+    trajectories/   {teacher}/part-00000.jsonl ... (canonical trajectory records)
+    truth.jsonl     one ImageTruth per image (not part of real MIMIC)
+
+The build is guarded by a lock file (parallel test workers wait for each other), writes every file
+atomically, resumes after an interruption (images already written are kept), and finishes by writing
+``.complete`` (and ``trajectories/.complete``); a finished root is returned immediately.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import gzip
+import io
+import json
+import os
+import shutil
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cxr_max.labels import CHEXPERT_LABELS, MS_CXR_T_FINDINGS, label_key
+from cxr_max.synthetic import reports
+from cxr_max.synthetic.dicom import write_dicom
+from cxr_max.synthetic.render import render
+from cxr_max.synthetic.simulate import _progress, simulate_trajectories
+from cxr_max.synthetic.world import (
+    ImageTruth,
+    Patient,
+    assign_stream_positions,
+    image_truths,
+    make_patient,
+)
+
+DEFAULT_N_PATIENTS = 160  # about 380 frontal / 490 images; builds in ~10-20 s on 2 cores
+DEFAULT_IMAGE_SIZE = 256
+TINY_IMAGE_SIZE = 32
+PIXELS = ("full", "tiny", "none")
+FORMAT_VERSION = "v1"
+
+METADATA_COLUMNS = (
+    "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns",
+    "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
+    "PatientOrientationCodeSequence_CodeMeaning",
+)
+SPLIT_COLUMNS = ("dicom_id", "study_id", "subject_id", "split")
+LABEL_COLUMNS = ("subject_id", "study_id") + CHEXPERT_LABELS
+MS_CXR_T_FILE = "MS_CXR_T_temporal_image_classification_v1.0.0.csv"
+MS_CXR_T_COLUMNS = (
+    ("dicom_id", "previous_dicom_id", "subject_id", "study_id", "previous_study_id")
+    + tuple(f"{label_key(f)}_progression" for f in MS_CXR_T_FINDINGS)
+    + tuple(f"{label_key(f)}_label_quality" for f in MS_CXR_T_FINDINGS)
+)
+_VIEW_MEANING = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral"}
+
+
+def cache_dir() -> Path:
+    """``$CXR_MAX_CACHE`` or ``~/.cache/cxr_max``."""
+    return Path(os.environ.get("CXR_MAX_CACHE") or Path.home() / ".cache" / "cxr_max")
+
+
+def synthetic_name(seed: int = 0, n_patients: int = DEFAULT_N_PATIENTS, pixels: str = "full", *,
+                   n_images: int | None = None, image_size: int | None = None, shifted_test: bool = False,
+                   shift_rate: float = 0.15) -> str:
+    """The cache folder name, e.g. ``synthetic-v1-seed0-n160-full`` (extra options add suffixes)."""
+    size = f"i{n_images}" if n_images is not None else f"n{n_patients}"
+    name = f"synthetic-{FORMAT_VERSION}-seed{seed}-{size}-{pixels}"
+    if image_size is not None and pixels != "none" and image_size != _default_size(pixels):
+        name += f"-px{image_size}"
+    if shifted_test:
+        name += "-shiftedtest"
+    if shift_rate != 0.15:
+        name += f"-shift{shift_rate:g}"
+    return name
+
+
+def _default_size(pixels: str) -> int:
+    return TINY_IMAGE_SIZE if pixels == "tiny" else DEFAULT_IMAGE_SIZE
+
+
+# -- world ------------------------------------------------------------------------------------------------
+
+def generate_world(*, seed: int = 0, n_patients: int = DEFAULT_N_PATIENTS, n_images: int | None = None,
+                   shifted_test: bool = False, shift_rate: float = 0.15) -> list[Patient]:
+    """Generate the patients (with studies, severities, labels and reports). Pure; writes nothing.
+
+    With ``n_images`` patients are generated until exactly that many images exist (the last patient's
+    last images are trimmed); ``n_patients`` is then ignored.
+    """
+    if n_images is None and n_patients < 1:
+        raise ValueError(f"n_patients must be >= 1, got {n_patients}")
+    if n_images is not None and n_images < 1:
+        raise ValueError(f"n_images must be >= 1, got {n_images}")
+    patients: list[Patient] = []
+    if n_images is None:
+        patients = [make_patient(i, seed, shift_rate=shift_rate, shifted_test=shifted_test) for i in range(n_patients)]
+    else:
+        count = 0
+        while count < n_images:
+            p = make_patient(len(patients), seed, shift_rate=shift_rate, shifted_test=shifted_test)
+            patients.append(p)
+            count += sum(len(s.dicom_ids) for s in p.studies)
+        last = patients[-1]
+        while count > n_images:
+            s = last.studies[-1]
+            if len(s.dicom_ids) > 1:
+                s.dicom_ids.pop()
+                s.views.pop()
+                s.has_lateral = False
+            else:
+                last.studies.pop()
+            count -= 1
+    assign_stream_positions(patients)
+    for p in patients:
+        prior = None
+        for s in p.studies:
+            reports.plan_study(s, p, prior, np.random.default_rng([seed, 104729, p.index, s.index]))
+            prior = s
+    return patients
+
+
+# -- writers ----------------------------------------------------------------------------------------------
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _csv_bytes(columns: Sequence[str], rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for row in rows:
+        w.writerow(["" if row.get(c) is None else row[c] for c in columns])
+    return buf.getvalue().encode("utf-8")
+
+
+def _gzip_csv(path: Path, columns: Sequence[str], rows: list[dict]) -> None:
+    """Write a gzip CSV with a fixed header time, so the bytes depend only on the content."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:
+        gz.write(_csv_bytes(columns, rows))
+    _atomic_write(path, buf.getvalue())
+
+
+def _fmt_label(v: float | None) -> str | None:
+    return None if v is None else f"{v:.1f}"
+
+
+def study_dir(subject_id: str, study_id: str) -> str:
+    """``files/p10/p10000032/s50414267`` (PhysioNet's rule, relative to a dataset root)."""
+    return f"files/p{subject_id[:2]}/p{subject_id}/s{study_id}"
+
+
+def _write_tables(root: Path, patients: list[Patient], size: int) -> None:
+    jpg_root, dcm_root = root / "mimic-cxr-jpg", root / "mimic-cxr"
+    meta, split, chexpert, negbio, records, study_rows = [], [], [], [], [], []
+    for p in patients:
+        for s in p.studies:
+            sdir = study_dir(p.subject_id, s.study_id)
+            exam = ("CHEST (PORTABLE AP)" if s.view == "AP" else
+                    "CHEST (PA AND LAT)" if s.has_lateral else "CHEST (PA)")
+            for dicom_id, view in zip(s.dicom_ids, s.views):
+                meta.append({
+                    "dicom_id": dicom_id, "subject_id": p.subject_id, "study_id": s.study_id,
+                    "PerformedProcedureStepDescription": exam, "ViewPosition": view, "Rows": size, "Columns": size,
+                    "StudyDate": s.study_date, "StudyTime": s.study_time, "ProcedureCodeSequence_CodeMeaning": exam,
+                    "ViewCodeSequence_CodeMeaning": _VIEW_MEANING[view],
+                    "PatientOrientationCodeSequence_CodeMeaning": "Recumbent" if view == "AP" else "Erect",
+                })
+                split.append({"dicom_id": dicom_id, "study_id": s.study_id, "subject_id": p.subject_id, "split": p.split})
+                records.append({"subject_id": p.subject_id, "study_id": s.study_id, "dicom_id": dicom_id,
+                                "path": f"{sdir}/{dicom_id}.dcm"})
+            row = {"subject_id": p.subject_id, "study_id": s.study_id}
+            chexpert.append(row | {n: _fmt_label(s.labels[n]) for n in CHEXPERT_LABELS})
+            negbio.append(row | {n: None if n in s.negbio_blank else _fmt_label(s.labels[n]) for n in CHEXPERT_LABELS})
+            study_rows.append({"subject_id": p.subject_id, "study_id": s.study_id, "path": f"{sdir}.txt"})
+    _gzip_csv(jpg_root / "mimic-cxr-2.0.0-metadata.csv.gz", METADATA_COLUMNS, meta)
+    _gzip_csv(jpg_root / "mimic-cxr-2.0.0-split.csv.gz", SPLIT_COLUMNS, split)
+    _gzip_csv(jpg_root / "mimic-cxr-2.0.0-chexpert.csv.gz", LABEL_COLUMNS, chexpert)
+    _gzip_csv(jpg_root / "mimic-cxr-2.0.0-negbio.csv.gz", LABEL_COLUMNS, negbio)
+    _gzip_csv(dcm_root / "cxr-record-list.csv.gz", ("subject_id", "study_id", "dicom_id", "path"), records)
+    _gzip_csv(dcm_root / "cxr-study-list.csv.gz", ("subject_id", "study_id", "path"), study_rows)
+
+
+def _write_reports(root: Path, patients: list[Patient]) -> None:
+    dcm_root = root / "mimic-cxr"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for p in patients:
+            for s in p.studies:
+                rel = f"{study_dir(p.subject_id, s.study_id)}.txt"
+                data = s.report.encode("utf-8")
+                _atomic_write(dcm_root / rel, data)
+                info = zipfile.ZipInfo(rel, date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, data)
+    _atomic_write(dcm_root / "mimic-cxr-reports.zip", buf.getvalue())
+
+
+def _finding_severity(sev: dict[str, float], finding: str, patient: Patient) -> float | None:
+    if finding == "Consolidation":
+        return max(sev["consolidation_left"], sev["consolidation_right"])
+    if finding == "Pneumonia":
+        return max(sev["consolidation_left"], sev["consolidation_right"]) if patient.infectious else None
+    if finding == "Pleural Effusion":
+        return max(sev["effusion_left"], sev["effusion_right"])
+    if finding == "Pneumothorax":
+        return max(sev["pneumothorax_left"], sev["pneumothorax_right"])
+    return sev["edema"]
+
+
+def ms_cxr_t_rows(patients: list[Patient]) -> list[dict]:
+    """One row per consecutive pair of a patient's frontal images with at least one progression label."""
+    rows = []
+    for p in patients:
+        for prev, cur in zip(p.studies, p.studies[1:]):
+            row = {"dicom_id": cur.dicom_ids[0], "previous_dicom_id": prev.dicom_ids[0], "subject_id": p.subject_id,
+                   "study_id": cur.study_id, "previous_study_id": prev.study_id}
+            any_label = False
+            for f in MS_CXR_T_FINDINGS:
+                c, q = _finding_severity(cur.severity, f, p), _finding_severity(prev.severity, f, p)
+                label = ""
+                if c is not None and q is not None:
+                    label = reports.progression(c, q, cur.labels.get(f) in (1.0, -1.0), prev.labels.get(f) in (1.0, -1.0))
+                key = label_key(f)
+                row[f"{key}_progression"] = label or None
+                row[f"{key}_label_quality"] = (("high" if abs(c - q) > 0.2 or abs(c - q) < 0.03 else "low")
+                                               if label else None)
+                any_label |= bool(label)
+            if any_label:
+                rows.append(row)
+    return rows
+
+
+def _write_images(root: Path, patients: list[Patient], truths: dict[str, ImageTruth], size: int, seed: int) -> None:
+    jpg_root, dcm_root = root / "mimic-cxr-jpg", root / "mimic-cxr"
+    total = sum(len(s.dicom_ids) for p in patients for s in p.studies)
+    with _progress() as bar:
+        job = bar.add_task("rendering images", total=total)
+        for p in patients:
+            for s in p.studies:
+                sdir = study_dir(p.subject_id, s.study_id)
+                for j, (dicom_id, view) in enumerate(zip(s.dicom_ids, s.views)):
+                    jpg, dcm = jpg_root / sdir / f"{dicom_id}.jpg", dcm_root / sdir / f"{dicom_id}.dcm"
+                    if jpg.exists() and dcm.exists():  # resumed build
+                        bar.advance(job)
+                        continue
+                    rng = np.random.default_rng([seed, 31337, p.index, s.index, j])
+                    img = render(s.severity, p.anatomy, view, s.domain, size, rng)
+                    out = io.BytesIO()
+                    Image.fromarray(np.round(img * 255).astype(np.uint8), mode="L").save(out, format="JPEG", quality=92)
+                    tmp = dcm.with_name(dcm.name + ".tmp")
+                    write_dicom(tmp, img, truths[dicom_id])
+                    os.replace(tmp, dcm)
+                    _atomic_write(jpg, out.getvalue())
+                    bar.advance(job)
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_synthetic(root: str | Path | None = None, *, seed: int = 0, n_patients: int = DEFAULT_N_PATIENTS,
+                     pixels: str = "full", teachers: bool = True, n_images: int | None = None,
+                     image_size: int | None = None, shifted_test: bool = False, shift_rate: float = 0.15,
+                     tasks: Sequence[str] = ("diagnose",), samples: int = 1) -> Path:
+    """Build the synthetic MIMIC-CXR once and return its root (see the module docstring for the layout).
+
+    root: folder to build in; default ``$CXR_MAX_CACHE/synthetic-v1-seed{seed}-n{n_patients}-{pixels}``.
+    pixels: "full" (``image_size`` default 256), "tiny" (default 32) or "none" (tables, reports, truth and
+        trajectories only; for CXR-MAX-scale benchmarks).
+    teachers: also write the seven simulated teachers' trajectories (``tasks`` x ``samples`` per image).
+    n_images: build exactly this many images (e.g. 24426, CXR-MAX's count) instead of ``n_patients`` patients.
+    shifted_test: render every test-split image in the "shifted" (other hospital) domain;
+    shift_rate: the share of other studies rendered shifted.
+    """
+    if pixels not in PIXELS:
+        raise ValueError(f"pixels must be one of {PIXELS}, got {pixels!r}")
+    size = image_size or _default_size(pixels)
+    if size < 8:
+        raise ValueError(f"image_size must be >= 8, got {size}")
+    params = {"format": FORMAT_VERSION, "seed": seed, "n_patients": None if n_images else n_patients,
+              "n_images": n_images, "pixels": pixels, "image_size": size, "shifted_test": shifted_test,
+              "shift_rate": shift_rate}
+    if root is None:
+        root = cache_dir() / synthetic_name(seed, n_patients, pixels, n_images=n_images, image_size=image_size,
+                                            shifted_test=shifted_test, shift_rate=shift_rate)
+    root = Path(root)
+    traj_params = {"seed": seed, "tasks": list(tasks), "samples": samples}
+    with _lock(root.parent / f".{root.name}.lock"):
+        done = root / ".complete"
+        if done.exists() and json.loads(done.read_text()) != params:
+            raise ValueError(f"{root} holds a synthetic world built with other options "
+                             f"({done.read_text().strip()}); pass another root")
+        patients = None
+        if not done.exists():
+            building = root / ".building"
+            if root.exists() and any(root.iterdir()) and not building.exists():
+                raise ValueError(f"{root} exists and is not a synthetic world under construction; "
+                                 "refusing to write into it (pass an empty or new folder)")
+            root.mkdir(parents=True, exist_ok=True)
+            if building.exists() and json.loads(building.read_text() or "{}") != params:
+                shutil.rmtree(root)  # an interrupted build with other options: start over
+                root.mkdir(parents=True)
+            building.write_text(json.dumps(params))
+            patients = generate_world(seed=seed, n_patients=n_patients, n_images=n_images,
+                                      shifted_test=shifted_test, shift_rate=shift_rate)
+            truths = image_truths(patients)
+            _write_tables(root, patients, size)
+            _write_reports(root, patients)
+            rows = ms_cxr_t_rows(patients)
+            _atomic_write(root / "ms-cxr-t" / MS_CXR_T_FILE, _csv_bytes(MS_CXR_T_COLUMNS, rows))
+            if pixels != "none":
+                _write_images(root, patients, {t.dicom_id: t for t in truths}, size, seed)
+            _atomic_write(root / "truth.jsonl", "".join(t.to_json() + "\n" for t in truths).encode("utf-8"))
+            done.write_text(json.dumps(params))
+            building.unlink()
+        tdone = root / "trajectories" / ".complete"
+        if teachers and (not tdone.exists() or json.loads(tdone.read_text()) != traj_params):
+            if tdone.exists():
+                tdone.unlink()
+            truth = {t.dicom_id: t for t in image_truths(patients)} if patients is not None else None
+            simulate_trajectories(root, tasks=tasks, samples=samples, seed=seed, truth=truth)
+            tdone.write_text(json.dumps(traj_params))
+    return root

@@ -1,0 +1,93 @@
+"""Configuration of :class:`~cxr_max.training.APOTrainer`, following TRL's ``DPOConfig`` pattern."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+
+@dataclass
+class APOConfig(DPOConfig):
+    r"""
+    Configuration class for :class:`~cxr_max.training.APOTrainer` (multi-negative Plackett-Luce preference
+    optimisation, the "critique" stage). It extends ``trl.DPOConfig``; every DPO/``TrainingArguments`` field keeps
+    its meaning (``beta`` = reward temperature, default 0.1; ``max_length``; ``precompute_ref_log_probs``; ...).
+    The pairwise ``loss_type`` of DPO is ignored: the loss is always the APO loss below.
+
+    Parameters:
+        > Parameters that control the loss
+
+        ranking (`str`, *optional*, defaults to `"top1"`):
+            `"top1"`: the paper's Plackett-Luce top-1 loss ``log(1 + sum_u w_u exp(r_u - r_+))``. `"full"`: the
+            full-ranking Plackett-Luce likelihood of positive > rejected[0] > rejected[1] > ..., for rows whose
+            negatives are ordered best to worst.
+        use_negative_weights (`bool`, *optional*, defaults to `True`):
+            Use the rows' `rejected_weights` (drift-aware weights from the compare stage). They are normalised to
+            mean 1 over each row's negatives, so uniform weights (or rows without weights) give the paper's loss.
+            `False` ignores them (uniform).
+        nll_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of an extra per-token negative log-likelihood term on the positive (0 disables it).
+
+        > Parameters that control the data
+
+        max_negatives (`int`, *optional*, defaults to `7`):
+            Most negatives per prompt (the seven CXR-MAX teachers). Rows with more are handled by
+            `truncate_negatives`.
+        truncate_negatives (`bool`, *optional*, defaults to `False`):
+            `False`: a row with more than `max_negatives` negatives is bad input (error naming the row, or a counted
+            skip under `on_error="skip"`). `True`: keep its first `max_negatives` negatives and count the truncation.
+        on_error (`str`, *optional*, defaults to `"raise"`):
+            Bad rows (no negatives, empty completions, too many negatives, every negative identical to the
+            positive): `"raise"` stops with an error naming the dataset and row; `"skip"` drops the row and counts it
+            (summary printed before training). A negative identical to the positive is always dropped from its row
+            and counted (it would push the positive down against itself).
+
+        > Parameters that control the reference model
+
+        ref_model_path (`str`, *optional*):
+            Folder of the reference (learn-stage) model to load as a frozen copy. Must exist and share the policy's
+            vocabulary size, or the trainer stops with a clear error. Default: TRL's behaviour (the PEFT adapter
+            disabled, the precomputed log-probs, or a copy of the policy's starting checkpoint).
+        ref_logps_path (`str`, *optional*):
+            Parquet file caching the precomputed reference log-probs (with `precompute_ref_log_probs=True`).
+            Default: `<output_dir>/ref_logps_<split>.parquet`. An existing file is reused when its fingerprint (policy
+            weights + dataset) matches, and is an error when it does not.
+    """
+
+    ranking: str = field(
+        default="top1",
+        metadata={"help": "Plackett-Luce loss: 'top1' (the paper) or 'full' (negatives ordered best to worst).",
+                  "choices": ["top1", "full"]},
+    )
+    use_negative_weights: bool = field(
+        default=True,
+        metadata={"help": "Use rows' rejected_weights (normalised to mean 1 per row; uniform == the paper's loss)."},
+    )
+    nll_weight: float = field(default=0.0, metadata={"help": "Weight of a per-token NLL term on the positive."})
+    max_negatives: int = field(default=7, metadata={"help": "Most negatives per prompt."})
+    truncate_negatives: bool = field(
+        default=False,
+        metadata={"help": "Truncate rows with more than max_negatives negatives (counted) instead of rejecting them."},
+    )
+    on_error: str = field(
+        default="raise",
+        metadata={"help": "Bad rows: 'raise' (error naming the row) or 'skip' (counted).", "choices": ["raise", "skip"]},
+    )
+    ref_model_path: str | None = field(
+        default=None, metadata={"help": "Folder of the reference (learn-stage) model; frozen copy."}
+    )
+    ref_logps_path: str | None = field(
+        default=None, metadata={"help": "Parquet cache of precomputed reference log-probs."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.ranking not in ("top1", "full"):
+            raise ValueError(f"ranking must be 'top1' or 'full', not {self.ranking!r}")
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {self.on_error!r}")
+        if self.max_negatives < 1:
+            raise ValueError(f"max_negatives must be >= 1, got {self.max_negatives}")
+        if self.nll_weight < 0:
+            raise ValueError(f"nll_weight must be >= 0, got {self.nll_weight}")

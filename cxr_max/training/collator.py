@@ -1,0 +1,153 @@
+"""Batching APO rows: one prompt, one positive and up to K negatives, each candidate forwarded once.
+
+The pairwise expansion of DPO would forward ``2K`` sequences per prompt (the positive once per pair); here a row
+becomes ``1 + K_row`` sequences (``prompt + candidate``), and padding negatives of short rows are not forwarded at
+all: ``candidate_index`` maps ``[row, candidate]`` to the sequence that holds it (``-1`` for none).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import ProcessorMixin
+from transformers.data.data_collator import DataCollatorMixin
+from trl.data_utils import apply_chat_template, is_conversational, prepare_multimodal_messages
+from trl.trainer.utils import flush_left, pad
+
+logger = logging.getLogger("cxr_max")
+
+IMAGES_COLUMN = "apo_images"  # the trainer renames "images"/"image" to this (see APOTrainer)
+INDEX_COLUMN = "apo_index"  # the row's position in the dataset, for error messages and the reference cache
+
+
+@dataclass
+class DataCollatorForAPO(DataCollatorMixin):
+    """Collate APO rows (text-only or with images) into one batch of ``sum_b (1 + K_b)`` sequences.
+
+    Each example has ``prompt``, ``chosen`` (a completion), ``rejected`` (a list of completions), optionally
+    ``rejected_weights``, ``rejected_teachers``, ``ref_logps`` (``1 + K_b`` floats), ``apo_images`` and
+    ``apo_index``. Conversational rows go through the processing class's chat template; standard (string) rows
+    get the EOS token appended to each completion.
+
+    Output keys: ``input_ids``, ``attention_mask``, ``completion_mask`` (plus the processor's image tensors,
+    repeated once per candidate), ``candidate_index`` ``[B, 1 + K]`` (``-1`` = no candidate),
+    ``negative_mask`` ``[B, K]``, ``negative_weights`` ``[B, K]``, ``apo_index`` ``[B]``,
+    ``rejected_teachers`` (list of lists of names) and ``ref_logps`` ``[B, 1 + K]`` when the rows carry them.
+
+    Sequences longer than ``max_length`` are cut (prompt start kept) and counted in ``truncated``; a warning
+    with the running count is logged.
+    """
+
+    processing_class: Any
+    max_length: int | None = None
+    return_tensors: str = "pt"
+    truncated: int = field(default=0, init=False)
+    sequences: int = field(default=0, init=False)
+
+    @property
+    def tokenizer(self):
+        """The tokenizer inside the processing class."""
+        return getattr(self.processing_class, "tokenizer", self.processing_class)
+
+    def _render(self, example: dict, completion: Any, images: list) -> tuple[str, str]:
+        if is_conversational({"prompt": example["prompt"]}):
+            prompt = example["prompt"]
+            if isinstance(self.processing_class, ProcessorMixin):
+                prompt = prepare_multimodal_messages(prompt, images=images)
+                completion = prepare_multimodal_messages(completion)
+            out = apply_chat_template({"prompt": prompt, "completion": completion}, self.processing_class)
+            return out["prompt"], out["completion"]
+        eos = self.tokenizer.eos_token or ""
+        text = completion if completion.endswith(eos) else completion + eos
+        return example["prompt"], text
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        prompts, completions, images, owners = [], [], [], []
+        k_max = max(len(ex["rejected"]) for ex in examples)
+        for b, ex in enumerate(examples):
+            row_images = ex.get(IMAGES_COLUMN) or []
+            for j, cand in enumerate([ex["chosen"], *ex["rejected"]]):
+                p, c = self._render(ex, cand, row_images)
+                prompts.append(p)
+                completions.append(c)
+                images.append(row_images)
+                owners.append((b, j))
+        has_images = any(len(im) for im in images)
+
+        kwargs = dict(padding=True, return_tensors=self.return_tensors, add_special_tokens=False)
+        if isinstance(self.processing_class, ProcessorMixin):
+            processed = self.processing_class(
+                images=images if has_images else None, text=prompts, padding_side="left", **kwargs
+            )
+            done = self.processing_class(text=completions, padding_side="right", **kwargs)
+        else:
+            processed = self.processing_class(text=prompts, padding_side="left", **kwargs)
+            done = self.processing_class(text=completions, padding_side="right", **kwargs)
+
+        prompt_ids, prompt_mask = processed["input_ids"], processed["attention_mask"]
+        comp_ids, comp_mask = done["input_ids"], done["attention_mask"]
+        input_ids = torch.cat((prompt_ids, comp_ids), dim=1)
+        attention_mask = torch.cat((prompt_mask, comp_mask), dim=1)
+        completion_mask = torch.cat((torch.zeros_like(prompt_mask), comp_mask), dim=1)
+        extra = {}
+        if "mm_token_type_ids" in processed:  # Qwen2.5-VL in transformers 5
+            extra["mm_token_type_ids"] = torch.cat(
+                (processed["mm_token_type_ids"], torch.zeros_like(comp_ids)), dim=1
+            )
+        if "token_type_ids" in processed and "token_type_ids" in done:
+            extra["token_type_ids"] = torch.cat((processed["token_type_ids"], done["token_type_ids"]), dim=1)
+        names = list(extra)
+        shifted = flush_left(attention_mask, input_ids, completion_mask, *extra.values())
+        attention_mask, input_ids, completion_mask, *rest = shifted
+        extra = dict(zip(names, rest))
+
+        lengths = attention_mask.sum(dim=1)
+        self.sequences += len(lengths)
+        if self.max_length is not None and input_ids.shape[1] > self.max_length:
+            n_cut = int((lengths > self.max_length).sum())
+            self.truncated += n_cut
+            logger.warning(
+                "APO collator: %d sequence(s) in this batch exceed max_length=%d and were truncated "
+                "(%d of %d so far)", n_cut, self.max_length, self.truncated, self.sequences,
+            )
+            input_ids = input_ids[:, : self.max_length]
+            attention_mask = attention_mask[:, : self.max_length]
+            completion_mask = completion_mask[:, : self.max_length]
+            extra = {k: v[:, : self.max_length] for k, v in extra.items()}
+
+        batch = {k: v for k, v in processed.items() if k not in ("input_ids", "attention_mask")}
+        batch.update(extra)
+        batch.update(input_ids=input_ids, attention_mask=attention_mask, completion_mask=completion_mask)
+
+        n = len(examples)
+        candidate_index = torch.full((n, 1 + k_max), -1, dtype=torch.long)
+        for s, (b, j) in enumerate(owners):
+            candidate_index[b, j] = s
+        batch["candidate_index"] = candidate_index
+        batch["negative_mask"] = candidate_index[:, 1:] >= 0
+        weights = torch.ones(n, k_max)
+        for b, ex in enumerate(examples):
+            w = ex.get("rejected_weights")
+            if w is not None and len(w):
+                weights[b, : len(w)] = torch.tensor([float(x) for x in w])
+        batch["negative_weights"] = weights
+        batch["rejected_teachers"] = [
+            list(ex.get("rejected_teachers") or [f"negative_{i}" for i in range(len(ex["rejected"]))])
+            for ex in examples
+        ]
+        batch[INDEX_COLUMN] = torch.tensor([int(ex.get(INDEX_COLUMN, -1)) for ex in examples], dtype=torch.long)
+        if "ref_logps" in examples[0]:
+            ref = torch.zeros(n, 1 + k_max)
+            for b, ex in enumerate(examples):
+                vals = torch.tensor([float(x) for x in ex["ref_logps"]])
+                ref[b, : len(vals)] = vals
+            batch["ref_logps"] = ref
+        return batch
+
+
+def pad_candidates(values: list[torch.Tensor], fill: float = 0.0) -> torch.Tensor:
+    """Stack 1-D tensors of different lengths into ``[n, max_len]`` filled with ``fill``."""
+    return pad(values, padding_value=fill, padding_side="right")

@@ -1,0 +1,143 @@
+"""Small helpers shared by the learn / critique / DPO-baseline recipes (kept here so the scripts stay thin)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cxr_max.errors import SkipLog
+
+logger = logging.getLogger("cxr_max")
+
+
+def load_rows(dataset_path: str | None, config: str, split: str, **builder_kwargs):
+    """Rows for a recipe: a local JSON/JSONL/parquet file (or folder) of ready rows, else the cxr_max builder.
+
+    ``builder_kwargs`` with value ``None`` are dropped, so the builder's own defaults apply.
+    """
+    from datasets import load_dataset as hf_load
+
+    if dataset_path:
+        p = Path(dataset_path)
+        if not p.exists():
+            raise FileNotFoundError(f"dataset_path {dataset_path} does not exist")
+        files = sorted(str(f) for f in p.rglob("*") if f.suffix in (".json", ".jsonl", ".parquet")) if p.is_dir() \
+            else [str(p)]
+        if not files:
+            raise FileNotFoundError(f"no .json/.jsonl/.parquet files under {dataset_path}")
+        kind = "parquet" if files[0].endswith(".parquet") else "json"
+        return hf_load(kind, data_files=files, split="train")
+    import cxr_max
+
+    kwargs = {k: v for k, v in builder_kwargs.items() if v is not None}
+    return cxr_max.load_dataset(config, split=split, **kwargs)
+
+
+def trajectory_texts(dataset, columns=("messages", "prompt", "chosen", "rejected")) -> list[str]:
+    """Every text in the rows' message columns (the tokenizer corpus for the tiny student)."""
+    texts: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, dict):
+            if isinstance(value.get("content"), (str, list)):
+                walk(value["content"])
+            elif value.get("type") == "text":
+                texts.append(value.get("text") or "")
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    present = [c for c in columns if c in dataset.column_names]
+    for row in dataset.select_columns(present):
+        walk(list(row.values()))
+    return texts
+
+
+def drop_refusals(dataset, skips: SkipLog | None = None):
+    """Remove SFT rows whose assistant turn is a refusal (``is_refusal``); the count goes to ``skips``."""
+    from cxr_max.trajectories.parse import is_refusal
+
+    def assistant_text(messages) -> str:
+        parts = []
+        for m in messages:
+            if m.get("role") == "assistant":
+                c = m.get("content")
+                parts.extend([c] if isinstance(c, str) else [p.get("text") or "" for p in c or [] if isinstance(p, dict)])
+        return " ".join(parts)
+
+    keep = [not is_refusal(assistant_text(m)) for m in dataset["messages"]]
+    n = len(keep) - sum(keep)
+    if n and skips is not None:
+        skips.counts["refusal, excluded (include_refusals=False)"] += n
+    return dataset.select([i for i, k in enumerate(keep) if k]) if n else dataset
+
+
+def load_policy(path: str, model_args=None, training_args=None):
+    """Load a model folder or Hub id model-agnostically: a VLM through ``AutoModelForImageTextToText``, a text
+    model through ``AutoModelForCausalLM``. ``model_args`` (trl ``ModelConfig``) supplies dtype and attention."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    kwargs: dict[str, Any] = {}
+    if model_args is not None:
+        kwargs["trust_remote_code"] = model_args.trust_remote_code
+        if model_args.attn_implementation:
+            kwargs["attn_implementation"] = model_args.attn_implementation
+        dtype = model_args.dtype
+        if dtype not in (None, "auto"):
+            kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if training_args is not None and getattr(training_args, "use_cpu", False):
+        kwargs["dtype"] = torch.float32
+    config = AutoConfig.from_pretrained(path, trust_remote_code=kwargs.get("trust_remote_code", False))
+    is_vlm = config.get_text_config() is not config
+    cls = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
+    return cls.from_pretrained(path, **kwargs)
+
+
+def load_processing(path: str, trust_remote_code: bool = False):
+    """The processor (VLM) or tokenizer (text model) saved with a model."""
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if config.get_text_config() is not config:
+        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def resolve_resume(training_args) -> str | bool | None:
+    """``--resume_from_checkpoint``: a checkpoint folder, or ``true``/``last`` for the newest one in output_dir."""
+    value = training_args.resume_from_checkpoint
+    if value is None or value is False or str(value).lower() in ("", "false", "none"):
+        return None
+    if value is True or str(value).lower() in ("true", "last"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+        if last is None:
+            raise FileNotFoundError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in "
+                                    f"{training_args.output_dir}")
+        return last
+    if not Path(value).is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
+    return str(value)
+
+
+def save_final(trainer, processing_class, output_dir: str, merge_lora: bool = True) -> str:
+    """Save the trained model (LoRA merged into the base when ``merge_lora``) and its processor; return the path."""
+    from accelerate.utils import is_peft_model
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if merge_lora and is_peft_model(model):
+        model = model.merge_and_unload()
+        if trainer.accelerator.is_main_process:
+            model.save_pretrained(output_dir)
+    else:
+        trainer.save_model(output_dir)
+    if trainer.accelerator.is_main_process:
+        processing_class.save_pretrained(output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return output_dir

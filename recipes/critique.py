@@ -1,0 +1,78 @@
+"""Critique: APO (multi-negative Plackett-Luce preference optimisation) from the learn checkpoint (stage 3).
+
+    python recipes/critique.py --config recipes/configs/critique_tiny.yaml \
+        --model_name_or_path outputs/learn --preferences outputs/compare
+    accelerate launch --config_file recipes/accelerate/zero2.yaml recipes/critique.py \
+        --config recipes/configs/critique_qwen25vl_7b.yaml --model_name_or_path outputs/learn
+
+Rows: the cxr_max builder's ``apo`` config (prompt, chosen = consensus, rejected = the teachers' trajectories,
+their names and drift-aware weights), or ``--dataset_path``. The reference is the learn checkpoint itself:
+with ``--precompute_ref_log_probs`` (the tiny default) its log-probs are computed once and cached, so only one
+model is held; with ``--use_peft`` the adapter is disabled for the reference; otherwise a frozen copy is loaded.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from trl import ModelConfig, TrlParser, get_peft_config  # noqa: E402
+
+from cxr_max.training.apo_config import APOConfig  # noqa: E402
+from cxr_max.training.apo_trainer import APOTrainer  # noqa: E402
+from cxr_max.training.devices import cpu_safe  # noqa: E402
+from cxr_max.training.recipe_utils import (  # noqa: E402
+    load_policy, load_processing, load_rows, resolve_resume, save_final,
+)
+
+
+@dataclass
+class CritiqueArguments:
+    """Data options of the critique stage."""
+
+    dataset_config: str = field(default="apo", metadata={"help": "cxr_max builder config with APO rows."})
+    dataset_path: str | None = field(default=None, metadata={"help": "JSON/JSONL/parquet APO rows instead of the builder."})
+    split: str = field(default="train", metadata={"help": "Split to train on."})
+    data_dir: str | None = field(default=None, metadata={"help": "MIMIC-CXR-JPG root (None: embedded synthetic)."})
+    preferences: str | None = field(default=None, metadata={"help": "Compare-stage preference rows (file or folder)."})
+    synthetic_patients: int | None = field(default=None, metadata={"help": "Size of the embedded synthetic data."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
+
+
+APO_COLUMNS = ("images", "prompt", "chosen", "rejected", "rejected_teachers", "rejected_weights")
+
+
+def main(script_args: CritiqueArguments, training_args: APOConfig, model_args: ModelConfig, dataset=None) -> str:
+    """Run APO from ``model_args.model_name_or_path`` (the learn output); returns the saved folder."""
+    cpu_safe(training_args)
+    if not model_args.model_name_or_path:
+        raise ValueError("critique needs --model_name_or_path: the learn stage's output folder")
+    if dataset is None:
+        dataset = load_rows(script_args.dataset_path, script_args.dataset_config, script_args.split,
+                            data_dir=script_args.data_dir, preferences=script_args.preferences,
+                            synthetic_patients=script_args.synthetic_patients)
+    if script_args.max_train_samples:
+        dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
+    dataset = dataset.select_columns([c for c in APO_COLUMNS if c in dataset.column_names])
+
+    model = load_policy(model_args.model_name_or_path, model_args, training_args)
+    processing_class = load_processing(model_args.model_name_or_path, model_args.trust_remote_code)
+    trainer = APOTrainer(model, args=training_args, train_dataset=dataset, processing_class=processing_class,
+                         peft_config=get_peft_config(model_args))
+    trainer.train(resume_from_checkpoint=resolve_resume(training_args))
+    out = save_final(trainer, processing_class, training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        print(f"critique: saved the APO student to {out}")
+    return out
+
+
+def make_parser() -> TrlParser:
+    """``(CritiqueArguments, APOConfig, ModelConfig)`` parser; every flag also works from ``--config file.yaml``."""
+    return TrlParser((CritiqueArguments, APOConfig, ModelConfig))
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

@@ -1,0 +1,59 @@
+"""The authors' released preference recipe, as a baseline: pairwise DPO with stock ``trl.DPOTrainer``.
+
+Each APO row (one consensus positive, K teacher negatives) becomes K rows ``(prompt, chosen, rejected_k)``;
+the loss is TRL's ``sigmoid`` DPO loss. Same data, model and flags as ``recipes/critique.py``:
+
+    python recipes/dpo_baseline.py --config recipes/configs/dpo_baseline_tiny.yaml --model_name_or_path outputs/learn
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from trl import DPOConfig, DPOTrainer, ModelConfig, TrlParser, get_peft_config  # noqa: E402
+
+from cxr_max.training.devices import cpu_safe  # noqa: E402
+from cxr_max.training.pairwise import expand_pairwise  # noqa: E402
+from cxr_max.training.recipe_utils import (  # noqa: E402
+    load_policy, load_processing, load_rows, resolve_resume, save_final,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from critique import APO_COLUMNS, CritiqueArguments  # noqa: E402
+
+
+def main(script_args: CritiqueArguments, training_args: DPOConfig, model_args: ModelConfig, dataset=None) -> str:
+    """Run pairwise DPO from the learn checkpoint; returns the saved folder."""
+    cpu_safe(training_args)
+    if not model_args.model_name_or_path:
+        raise ValueError("dpo_baseline needs --model_name_or_path: the learn stage's output folder")
+    if dataset is None:
+        dataset = load_rows(script_args.dataset_path, script_args.dataset_config, script_args.split,
+                            data_dir=script_args.data_dir, preferences=script_args.preferences,
+                            synthetic_patients=script_args.synthetic_patients)
+    if script_args.max_train_samples:
+        dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
+    dataset = dataset.select_columns([c for c in APO_COLUMNS if c in dataset.column_names])
+    pairs = expand_pairwise(dataset).remove_columns("rejected_teacher")
+
+    model = load_policy(model_args.model_name_or_path, model_args, training_args)
+    processing_class = load_processing(model_args.model_name_or_path, model_args.trust_remote_code)
+    trainer = DPOTrainer(model, args=training_args, train_dataset=pairs, processing_class=processing_class,
+                         peft_config=get_peft_config(model_args))
+    trainer.train(resume_from_checkpoint=resolve_resume(training_args))
+    out = save_final(trainer, processing_class, training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        print(f"dpo_baseline: saved the pairwise-DPO student to {out}")
+    return out
+
+
+def make_parser() -> TrlParser:
+    """``(CritiqueArguments, DPOConfig, ModelConfig)`` parser; every flag also works from ``--config file.yaml``."""
+    return TrlParser((CritiqueArguments, DPOConfig, ModelConfig))
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

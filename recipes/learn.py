@@ -1,0 +1,92 @@
+"""Learn: supervised bootstrapping of the student on the union of all teachers' trajectories (stage 1 of APO).
+
+    python recipes/learn.py --config recipes/configs/learn_tiny.yaml            # embedded default, CPU
+    accelerate launch --config_file recipes/accelerate/zero2.yaml recipes/learn.py \
+        --config recipes/configs/learn_qwen25vl_7b.yaml --model_name_or_path Qwen/Qwen2.5-VL-7B-Instruct
+
+Rows come from the cxr_max builder's ``sft`` config (refusals excluded by default) or ``--dataset_path``.
+Without ``--model_name_or_path`` the embedded tiny LLaVA student is built offline, its tokenizer trained on
+these trajectories. LoRA (``--use_peft``) is merged into the base at the end so the critique stage starts from
+one full model, which is also its reference.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config  # noqa: E402
+
+from cxr_max.errors import SkipLog  # noqa: E402
+from cxr_max.training.devices import cpu_safe  # noqa: E402
+from cxr_max.training.recipe_utils import (  # noqa: E402
+    drop_refusals, load_policy, load_processing, load_rows, resolve_resume, save_final, trajectory_texts,
+)
+
+
+@dataclass
+class LearnArguments:
+    """Data and student options of the learn stage."""
+
+    dataset_config: str = field(default="sft", metadata={"help": "cxr_max builder config with SFT rows."})
+    dataset_path: str | None = field(default=None, metadata={"help": "JSON/JSONL/parquet rows instead of the builder."})
+    split: str = field(default="train", metadata={"help": "Split to train on."})
+    data_dir: str | None = field(default=None, metadata={"help": "MIMIC-CXR-JPG root (None: embedded synthetic)."})
+    trajectories: str | None = field(default=None, metadata={"help": "Teacher trajectories file or folder."})
+    synthetic_patients: int | None = field(default=None, metadata={"help": "Size of the embedded synthetic data."})
+    include_refusals: bool = field(default=False, metadata={"help": "Keep refusals in the SFT data."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
+    tiny_image_size: int = field(default=64, metadata={"help": "Tiny student: image side (pixels)."})
+    tiny_patch_size: int = field(default=8, metadata={"help": "Tiny student: patch side (pixels)."})
+    tiny_vocab_size: int = field(default=1024, metadata={"help": "Tiny student: tokenizer vocabulary size."})
+
+
+def main(script_args: LearnArguments, training_args: SFTConfig, model_args: ModelConfig, dataset=None) -> str:
+    """Run SFT; returns the folder of the trained student (also printed)."""
+    cpu_safe(training_args)
+    skips = SkipLog()
+    if dataset is None:
+        dataset = load_rows(script_args.dataset_path, script_args.dataset_config, script_args.split,
+                            data_dir=script_args.data_dir, trajectories=script_args.trajectories,
+                            synthetic_patients=script_args.synthetic_patients,
+                            include_refusals=True if script_args.include_refusals else None)
+    if not script_args.include_refusals:
+        dataset = drop_refusals(dataset, skips)
+    if script_args.max_train_samples:
+        dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
+    keep = [c for c in ("messages", "images", "prompt", "completion") if c in dataset.column_names]
+    dataset = dataset.select_columns(keep)
+
+    model_path = model_args.model_name_or_path
+    if model_path is None:  # the embedded default student, built offline
+        from cxr_max.training.tiny import TinyVLMSpec, tiny_vlm
+
+        model_path = str(Path(training_args.output_dir) / "student-init")
+        if not (Path(model_path) / "config.json").is_file():
+            spec = TinyVLMSpec(image_size=script_args.tiny_image_size, patch_size=script_args.tiny_patch_size,
+                               vocab_size=script_args.tiny_vocab_size)
+            tiny_vlm(trajectory_texts(dataset), model_path, spec=spec, seed=training_args.seed)
+    model = load_policy(model_path, model_args, training_args)
+    processing_class = load_processing(model_path, model_args.trust_remote_code)
+
+    trainer = SFTTrainer(model, args=training_args, train_dataset=dataset, processing_class=processing_class,
+                         peft_config=get_peft_config(model_args))
+    trainer.train(resume_from_checkpoint=resolve_resume(training_args))
+    out = save_final(trainer, processing_class, training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        if skips.total:
+            print(skips.summary())
+        print(f"learn: saved the student to {out}")
+    return out
+
+
+def make_parser() -> TrlParser:
+    """``(LearnArguments, SFTConfig, ModelConfig)`` parser; every flag also works from ``--config file.yaml``."""
+    return TrlParser((LearnArguments, SFTConfig, ModelConfig))
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

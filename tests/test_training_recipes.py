@@ -1,0 +1,115 @@
+"""The learn / critique / DPO-baseline recipes: YAML configs, in-process runs, resume, and 2-process DDP on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+
+import critique  # noqa: E402
+import dpo_baseline  # noqa: E402
+import learn  # noqa: E402
+from test_tiny_vlm import SMALL, _apo_rows, _sft_rows  # noqa: E402
+
+CONFIGS = ROOT / "recipes" / "configs"
+
+
+def _parse(module, config, *extra):
+    return module.make_parser().parse_args_and_config(["--config", str(config), *extra])
+
+
+def test_paper_configs_reproduce_released_hyperparameters():
+    # bf16 configs only parse on a machine without a GPU when use_cpu is set (transformers checks bf16 support)
+    cpu = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
+    script, args, model = _parse(learn, CONFIGS / "learn_qwen25vl_7b.yaml", *cpu)
+    assert args.bf16 and args.gradient_checkpointing
+    assert model.model_name_or_path == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert (model.use_peft, model.lora_r, model.lora_alpha, model.lora_target_modules) == (True, 8, 32, "all-linear")
+    assert (args.learning_rate, args.warmup_steps, args.max_length) == (1e-4, 0.05, 2304)
+    assert (args.per_device_train_batch_size * 8 * args.gradient_accumulation_steps, args.num_train_epochs) == (32, 1)
+    assert args.assistant_only_loss
+    script, args, model = _parse(critique, CONFIGS / "critique_qwen25vl_7b.yaml", *cpu)
+    assert (args.learning_rate, args.max_length, args.beta, args.max_negatives) == (5e-7, 4096, 0.1, 7)
+    assert args.per_device_train_batch_size * 8 * args.gradient_accumulation_steps == 32
+    script, args, model = _parse(dpo_baseline, CONFIGS / "dpo_baseline_qwen25vl_7b.yaml", *cpu)
+    assert (args.learning_rate, args.beta, args.loss_type) == (5e-7, 0.1, ["sigmoid"])
+    for name in ("learn_tiny", "critique_tiny", "dpo_baseline_tiny"):
+        module = {"learn": learn, "critique": critique, "dpo": dpo_baseline}[name.split("_")[0]]
+        _, args, _ = _parse(module, CONFIGS / f"{name}.yaml", "--max_steps", "3")
+        assert args.bf16 is False and args.use_cpu and args.max_steps == 3  # flags override the YAML
+
+
+@pytest.mark.slow
+def test_learn_then_critique_then_dpo_in_process_with_resume(tmp_path, capsys):
+    sft = Dataset.from_list(_sft_rows(12))
+    sft = sft.add_column("teacher", ["gpt"] * 12)
+    refusal = _sft_rows(1)[0]
+    refusal["messages"][1]["content"][0]["text"] = "As an AI, I cannot provide medical diagnoses."
+    refusal["teacher"] = "claude"
+    from datasets import concatenate_datasets
+    sft = concatenate_datasets([sft, Dataset.from_list([refusal]).cast(sft.features)])
+    out = tmp_path / "learn"
+    script, args, model = _parse(learn, CONFIGS / "learn_tiny.yaml", "--output_dir", str(out), "--max_steps", "2",
+                                 "--save_steps", "1", "--per_device_train_batch_size", "4",
+                                 "--tiny_image_size", "32", "--tiny_vocab_size", "400")
+    learn.main(script, args, model, dataset=sft)
+    printed = capsys.readouterr().out
+    assert f"saved the student to {out}" in printed and "refusal" in printed
+    assert (out / "config.json").is_file() and (out / "checkpoint-2").is_dir()
+    # resume: two more steps from the last checkpoint
+    script, args, model = _parse(learn, CONFIGS / "learn_tiny.yaml", "--output_dir", str(out), "--max_steps", "4",
+                                 "--save_steps", "1", "--per_device_train_batch_size", "4",
+                                 "--resume_from_checkpoint", "last")
+    learn.main(script, args, model, dataset=sft)
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and state["log_history"][0]["step"] == 1
+
+    apo = Dataset.from_list(_apo_rows(4))
+    script, args, model = _parse(critique, CONFIGS / "critique_tiny.yaml", "--model_name_or_path", str(out),
+                                 "--output_dir", str(tmp_path / "critique"), "--max_steps", "2")
+    critique.main(script, args, model, dataset=apo)
+    assert (tmp_path / "critique" / "ref_logps_train.parquet").is_file()
+    assert f"saved the APO student to {tmp_path / 'critique'}" in capsys.readouterr().out
+    script, args, model = _parse(dpo_baseline, CONFIGS / "dpo_baseline_tiny.yaml", "--model_name_or_path", str(out),
+                                 "--output_dir", str(tmp_path / "dpo"), "--max_steps", "2")
+    dpo_baseline.main(script, args, model, dataset=apo)
+    assert (tmp_path / "dpo" / "config.json").is_file()
+
+
+def test_missing_resume_checkpoint_is_a_clear_error(tmp_path):
+    script, args, model = _parse(learn, CONFIGS / "learn_tiny.yaml", "--output_dir", str(tmp_path / "x"),
+                                 "--resume_from_checkpoint", "last")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        learn.main(script, args, model, dataset=Dataset.from_list(_sft_rows(2)))
+
+
+@pytest.mark.slow
+def test_critique_under_accelerate_two_cpu_processes(tmp_path):
+    from cxr_max.training.tiny import tiny_lm
+
+    texts = ["the heart is enlarged", "left pleural effusion", "no acute finding", "what is the disease"]
+    tiny_lm(texts, tmp_path / "lm", seed=0)
+    rows = [{"prompt": [{"role": "user", "content": f"what is the disease {i}?"}],
+             "chosen": [{"role": "assistant", "content": texts[i % 3]}],
+             "rejected": [[{"role": "assistant", "content": texts[(i + j) % 3] + f" {j}"}] for j in (1, 2)],
+             "rejected_teachers": ["gpt", "grok"], "rejected_weights": [1.0, 2.0]} for i in range(8)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "recipes/accelerate/cpu_ddp.yaml"), "--num_processes", "2", str(ROOT / "recipes/critique.py"),
+           "--config", str(CONFIGS / "critique_tiny.yaml"), "--model_name_or_path", str(tmp_path / "lm"),
+           "--dataset_path", str(data), "--output_dir", str(tmp_path / "ddp"), "--max_steps", "2",
+           "--logging_steps", "1", "--per_device_train_batch_size", "2", "--save_strategy", "no"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"saved the APO student to {tmp_path / 'ddp'}" in proc.stdout
+    assert proc.stdout.count("saved the APO student") == 1  # printed by the main process only
+    assert "'win_rate/grok'" in proc.stdout
