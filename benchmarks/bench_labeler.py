@@ -163,7 +163,7 @@ def bench_synthetic(n_patients: int) -> dict:
 
     recs = [json.loads(line) for f in sorted((root / "trajectories").rglob("*.jsonl")) for line in f.open()]
     res = [label_report_full(r.get("raw") or "") for r in track(recs, description="labelling teacher completions")]
-    claims = [r["labels"] for r in recs]
+    claims = [r.get("labels") or {} for r in recs]  # a refusal asserts nothing: all labels None
     out["teachers"] = _pr_table("simulated teachers' completions vs their claims", [r.labels for r in res], claims)
     agree = total = conflicts = 0
     for r, rec in zip(res, recs):

@@ -100,6 +100,10 @@ class CxrMaxConfig(datasets.BuilderConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self.check()
+
+    def check(self) -> None:
+        """Validate and normalise the options (``datasets`` sets user options after __post_init__)."""
         if self.images not in ("decode", "path"):
             raise ValueError(f"images must be 'decode' or 'path', not {self.images!r}")
         if self.on_error not in ("raise", "skip"):
@@ -274,6 +278,10 @@ class CxrMax(datasets.ArrowBasedBuilder):
     BUILDER_CONFIG_CLASS = CxrMaxConfig
     BUILDER_CONFIGS = [CxrMaxConfig(name=n, description=_DESCRIPTIONS[n]) for n in CONFIG_NAMES]
     DEFAULT_CONFIG_NAME = "mimic"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config.check()
 
     # -- datasets API --------------------------------------------------------------------------
 
@@ -768,7 +776,10 @@ def _skip_data_file_resolution() -> None:
             from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
             module_path, digest = _PACKAGED_DATASETS_MODULES[BUILDER_NAME]
-            return _load.DatasetModule(module_path, digest, {"dataset_name": BUILDER_NAME})
+            # An empty data-files dict: the builder reads its inputs itself (and datasets insists on one).
+            from datasets.data_files import DataFilesDict
+
+            return _load.DatasetModule(module_path, digest, {"dataset_name": BUILDER_NAME, "data_files": DataFilesDict()})
         return original(self)
 
     get_module._cxr_max = True

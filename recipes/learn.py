@@ -23,7 +23,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config  
 from cxr_max.errors import SkipLog  # noqa: E402
 from cxr_max.training.devices import cpu_safe  # noqa: E402
 from cxr_max.training.recipe_utils import (  # noqa: E402
-    drop_refusals, load_policy, load_processing, load_rows, resolve_resume, save_final, trajectory_texts,
+    drop_refusals, load_policy, load_processing, load_rows, policy_source, resolve_resume, save_final, trajectory_texts,
 )
 
 
@@ -69,12 +69,13 @@ def main(script_args: LearnArguments, training_args: SFTConfig, model_args: Mode
             spec = TinyVLMSpec(image_size=script_args.tiny_image_size, patch_size=script_args.tiny_patch_size,
                                vocab_size=script_args.tiny_vocab_size)
             tiny_vlm(trajectory_texts(dataset), model_path, spec=spec, seed=training_args.seed)
-    model = load_policy(model_path, model_args, training_args)
-    processing_class = load_processing(model_path, model_args.trust_remote_code)
+    resume = resolve_resume(training_args)
+    model = load_policy(policy_source(model_path, resume), model_args, training_args)
+    processing_class = load_processing(model_path, training_args.trust_remote_code)
 
     trainer = SFTTrainer(model, args=training_args, train_dataset=dataset, processing_class=processing_class,
                          peft_config=get_peft_config(model_args))
-    trainer.train(resume_from_checkpoint=resolve_resume(training_args))
+    trainer.train(resume_from_checkpoint=resume)
     out = save_final(trainer, processing_class, training_args.output_dir)
     if trainer.accelerator.is_main_process:
         if skips.total:

@@ -47,7 +47,7 @@ def test_paper_configs_reproduce_released_hyperparameters():
 
 
 @pytest.mark.slow
-def test_learn_then_critique_then_dpo_in_process_with_resume(tmp_path, capsys):
+def test_learn_then_critique_then_dpo_in_process_with_resume(tmp_path, capsys, caplog):
     sft = Dataset.from_list(_sft_rows(12))
     sft = sft.add_column("teacher", ["gpt"] * 12)
     refusal = _sft_rows(1)[0]
@@ -57,7 +57,7 @@ def test_learn_then_critique_then_dpo_in_process_with_resume(tmp_path, capsys):
     sft = concatenate_datasets([sft, Dataset.from_list([refusal]).cast(sft.features)])
     out = tmp_path / "learn"
     script, args, model = _parse(learn, CONFIGS / "learn_tiny.yaml", "--output_dir", str(out), "--max_steps", "2",
-                                 "--save_steps", "1", "--per_device_train_batch_size", "4",
+                                 "--save_steps", "1", "--per_device_train_batch_size", "4", "--logging_steps", "1",
                                  "--tiny_image_size", "32", "--tiny_vocab_size", "400")
     learn.main(script, args, model, dataset=sft)
     printed = capsys.readouterr().out
@@ -65,11 +65,18 @@ def test_learn_then_critique_then_dpo_in_process_with_resume(tmp_path, capsys):
     assert (out / "config.json").is_file() and (out / "checkpoint-2").is_dir()
     # resume: two more steps from the last checkpoint
     script, args, model = _parse(learn, CONFIGS / "learn_tiny.yaml", "--output_dir", str(out), "--max_steps", "4",
-                                 "--save_steps", "1", "--per_device_train_batch_size", "4",
+                                 "--save_steps", "1", "--per_device_train_batch_size", "4", "--logging_steps", "1",
                                  "--resume_from_checkpoint", "last")
+    caplog.clear()
     learn.main(script, args, model, dataset=sft)
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
-    assert state["global_step"] == 4 and state["log_history"][0]["step"] == 1
+    assert state["global_step"] == 4 and [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3, 4]
+    # the resumed policy is loaded from the checkpoint itself (Trainer's own reload misses LLaVA's renamed keys)
+    from cxr_max.training.recipe_utils import load_policy, policy_source
+
+    assert policy_source(str(out / "student-init"), str(out / "checkpoint-2")) == str(out / "checkpoint-2")
+    resumed, init = load_policy(str(out / "checkpoint-2")), load_policy(str(out / "student-init"))
+    assert any(not torch.equal(a, b) for a, b in zip(resumed.parameters(), init.parameters()))
 
     apo = Dataset.from_list(_apo_rows(4))
     script, args, model = _parse(critique, CONFIGS / "critique_tiny.yaml", "--model_name_or_path", str(out),

@@ -17,9 +17,10 @@ Page-Hinkley too) over each teacher's signals in stream order:
 - ``laterality``: side agreement where both hold a lateral finding present with a known side;
 - ``refusal``: 1 when the teacher refused the image (over the images it answered at all).
 
-A drift point records where the detector fired (``detected_at``) and, for ADWIN, the start of the
-window it kept after cutting (``change_at``, its estimate of where the change began); other
-detectors give ``change_at = detected_at``. Positions are stream positions in ``[0, 1)``.
+A drift point records where the detector fired (``detected_at``) and where the change most likely
+began (``change_at``): the least-squares single change point of the signal between the previous
+change point and the detection (:func:`locate_change`), since detectors fire with a delay.
+Positions are stream positions in ``[0, 1)``.
 """
 
 from __future__ import annotations
@@ -106,9 +107,8 @@ def detect_drift(signals: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], 
         for i, x in enumerate(values.tolist()):
             det.update(x)
             if det.drift_detected:
-                width = int(getattr(det, "width", 0) or 0)
-                start = max(i - width + 1, cuts[-1][1] if cuts else 0) if width else i
-                cuts.append((i, start))
+                start = cuts[-1][1] if cuts else 0
+                cuts.append((i, locate_change(values, start, i + 1)))
         bounds = [0] + [c for _, c in cuts] + [len(values)]
         for j, (i, c) in enumerate(cuts):
             before = values[bounds[j] : c]
@@ -119,6 +119,24 @@ def detect_drift(signals: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], 
                 after=float(after.mean()) if len(after) else float("nan"),
             ))
     return points
+
+
+def locate_change(values: np.ndarray, lo: int, hi: int) -> int:
+    """Where in ``values[lo:hi]`` a single change in mean most likely happened.
+
+    The split ``k`` maximising ``n1 * n2 / n * (mean1 - mean2) ** 2`` (the between-segment sum of
+    squares, the least-squares single change point); returns an absolute index in ``(lo, hi)``.
+    """
+    x = np.asarray(values[lo:hi], dtype=float)
+    n = len(x)
+    if n < 2:
+        return lo
+    c = np.cumsum(x)
+    k = np.arange(1, n)
+    m1 = c[:-1] / k
+    m2 = (c[-1] - c[:-1]) / (n - k)
+    score = k * (n - k) / n * (m1 - m2) ** 2
+    return lo + int(np.argmax(score)) + 1
 
 
 def window_edges(n_windows: int) -> np.ndarray:

@@ -109,13 +109,13 @@ def summary_markdown(report: dict[str, Any]) -> str:
         f"{c['n_images']} images ({c['n_low_confidence']} low-confidence, {c['n_skipped']} skipped); "
         f"stream order: {report['order']}; detector: {report['detector']}.",
         "",
-        "| teacher | coverage | agreement | refusal | laterality swap | verbosity | drift points (change at) |",
+        "| teacher | coverage | agreement | refusal | laterality swap | verbosity | largest drift points: signal@change (agreement before->after) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, t in report["teachers"].items():
-        pts = ", ".join(f"{p['signal']}@{p['change_at']:.2f}" for p in t["drift_points"][:6])
-        if len(t["drift_points"]) > 6:
-            pts += f", +{len(t['drift_points']) - 6} more"
+        pts = ", ".join(_point_text(p) for p in _largest(t["drift_points"], 4))
+        if len(t["drift_points"]) > 4:
+            pts += f", +{len(t['drift_points']) - 4} more"
         lines.append(f"| {name} | {_fmt(t['coverage'])} | {_fmt(t['agreement'])} | {_fmt(t['refusal_rate'])} | "
                      f"{_fmt(t['laterality_swap_rate'])} | {_fmt(t['verbosity_mean'], pct=False)} | {pts or '-'} |")
     if report["skips"]:
@@ -126,6 +126,16 @@ def summary_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _largest(points: list[dict], n: int) -> list[dict]:
+    """The n drift points with the largest change in mean, in stream order."""
+    big = sorted(points, key=lambda p: -abs((p["before"] or 0.0) - (p["after"] or 0.0)))[:n]
+    return sorted(big, key=lambda p: p["change_at"])
+
+
+def _point_text(p: dict) -> str:
+    return f"{p['signal']}@{p['change_at']:.2f} ({p['before']:.2f}->{p['after']:.2f})"
+
+
 def print_table(report: dict[str, Any], console=None) -> None:
     """Print the per-teacher summary as a rich table."""
     from rich.console import Console
@@ -134,11 +144,12 @@ def print_table(report: dict[str, Any], console=None) -> None:
     console = console or Console()
     table = Table(title=f"Teachers vs consensus ({report['consensus']['method']})")
     for col in ("teacher", "coverage", "agreement", "refusal", "lat. swap", "verbosity", "drift points"):
-        table.add_column(col, justify="left" if col in ("teacher", "drift points") else "right")
+        table.add_column(col, justify="left" if col in ("teacher", "drift points") else "right",
+                         no_wrap=col == "teacher")
     for name, t in report["teachers"].items():
-        pts = ", ".join(f"{p['signal']}@{p['change_at']:.2f}" for p in t["drift_points"][:4])
-        if len(t["drift_points"]) > 4:
-            pts += f" (+{len(t['drift_points']) - 4})"
+        pts = ", ".join(_point_text(p) for p in _largest(t["drift_points"], 2))
+        if len(t["drift_points"]) > 2:
+            pts += f" (+{len(t['drift_points']) - 2})"
         table.add_row(name, _fmt(t["coverage"]), _fmt(t["agreement"]), _fmt(t["refusal_rate"]),
                       _fmt(t["laterality_swap_rate"]), _fmt(t["verbosity_mean"], pct=False), pts or "-")
     console.print(table)

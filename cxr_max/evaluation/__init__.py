@@ -10,8 +10,27 @@ from cxr_max.evaluation.labeler import (
     laterality_to_arrow,
     report_body,
 )
+from cxr_max.evaluation.clinical import (
+    bootstrap_resample_weights,
+    clinical_metrics,
+    label_f1,
+    ms_cxr_t_metrics,
+    parse_progression,
+    temporal_accuracy,
+)
+from cxr_max.evaluation.report_metrics import report_metrics
+from cxr_max.evaluation.tokenize import java_available, simple_tokenize
 
 __all__ = [
+    "bootstrap_resample_weights",
+    "clinical_metrics",
+    "java_available",
+    "label_f1",
+    "ms_cxr_t_metrics",
+    "parse_progression",
+    "report_metrics",
+    "simple_tokenize",
+    "temporal_accuracy",
     "LabelResult",
     "label_report",
     "label_report_full",

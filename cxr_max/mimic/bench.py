@@ -46,7 +46,7 @@ def write_tables(root: Path, n_images: int, seed: int = 0) -> None:
     dicom_ids = ["-".join(f"{v:08x}" for v in row) for row in hexes]
     dates = [f"21{d:02d}0{m}1{day}" for d, m, day in zip(rng.integers(10, 99, n_studies), rng.integers(1, 9, n_studies), rng.integers(0, 9, n_studies))]
     hms = rng.integers(0, 24, n_studies) * 10000 + rng.integers(0, 60, n_studies) * 100 + rng.integers(0, 60, n_studies)
-    times = [f"{t:.3f}" for t in hms + rng.random(n_studies)]  # printed without leading zeros, as MIMIC does
+    times = [f"{t}.{ms:03d}" for t, ms in zip(hms, rng.integers(0, 1000, n_studies))]  # printed without leading zeros, as MIMIC does
     views = np.array(["PA", "AP", "LATERAL", "LL", ""])[rng.integers(0, 5, n_images)]
     meta = pa.table(
         {

@@ -10,9 +10,9 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cxr_max.labels import CHEXPERT_LABELS
-from cxr_max.synthetic.teachers import SIM_TEACHERS, SimulatedTeacher, compose
+from cxr_max.synthetic.teachers import SIM_TEACHERS, SimulatedTeacher, compose_parts
 from cxr_max.synthetic.world import ImageTruth, load_truth
-from cxr_max.trajectories.parse import is_refusal, split_answer
+from cxr_max.trajectories.parse import split_answer
 from cxr_max.trajectories.prompts import render_prompt
 from cxr_max.trajectories.schema import normalize_record
 
@@ -42,13 +42,14 @@ def trajectory_records(teacher: SimulatedTeacher, truths: Iterable[ImageTruth], 
             prompt = prompts.get(task) or render_prompt(task, _diagnoses(truth))
             for sample in range(samples):
                 call = teacher._decide(truth, task, sample, seed)
-                raw = compose(teacher, truth, call, task, sample, seed)
-                reasoning, answer = split_answer(raw)
+                reasoning, answer, raw = compose_parts(teacher, truth, call, task, sample, seed)
+                if reasoning is None:  # a refusal: parse it like any collected completion
+                    reasoning, answer = split_answer(raw)
                 rec = {
                     "subject_id": truth.subject_id, "study_id": truth.study_id, "dicom_id": truth.dicom_id,
                     "teacher": teacher.name, "teacher_version": teacher.version, "collected_at": collected_at,
                     "task": task, "sample": sample, "prompt": prompt, "reasoning": reasoning, "answer": answer,
-                    "raw": raw, "refusal": call.refused or is_refusal(raw), "status": "ok", "error": None,
+                    "raw": raw, "refusal": call.refused, "status": "ok", "error": None,
                     "prompt_tokens": None, "completion_tokens": None,
                     "labels": None if call.refused else call.labels,
                     "laterality": None if call.refused else call.laterality,

@@ -157,8 +157,8 @@ class SimulatedTeacher:
                 status = -1.0
             else:
                 status = 0.0 if r.random() < self.negate else None
-            if finding == "Support Devices" and status == 0.0:
-                status = None  # nobody writes "no support devices"
+            if finding == "Support Devices":  # unmistakable when present; nobody writes "no support devices"
+                status = 1.0 if truth.severity["support_devices"] > 0 else None
             labels[finding] = status
             if finding in LATERAL_FINDINGS and status in (1.0, -1.0):
                 if task == "explain" and truth.laterality.get(finding):
@@ -360,9 +360,15 @@ def answer_items(labels: dict[str, float | None], lat: dict[str, str | None]) ->
 
 def compose(teacher: SimulatedTeacher, truth: ImageTruth, call: _Call, task: str, sample: int, seed: int) -> str:
     """Write the completion for a decided call (reasoning in <think>, then the answer in the task's form)."""
+    return compose_parts(teacher, truth, call, task, sample, seed)[2]
+
+
+def compose_parts(teacher: SimulatedTeacher, truth: ImageTruth, call: _Call, task: str, sample: int, seed: int
+                  ) -> tuple[str | None, str | None, str]:
+    """``(reasoning, answer, raw)`` of the completion; reasoning/answer are None for a refusal."""
     r = random.Random(stable_hash(seed, teacher.name, truth.dicom_id, task, sample, "text"))
     if call.refused:
-        return r.choice(_REFUSALS)
+        return None, None, r.choice(_REFUSALS)
     sentences = []
     for f in _ORDER:
         v = call.labels.get(f)
@@ -391,7 +397,7 @@ def compose(teacher: SimulatedTeacher, truth: ImageTruth, call: _Call, task: str
         answer = f"FINDINGS: {' '.join(sentences) or 'No acute cardiopulmonary abnormality.'}\nIMPRESSION: {impression}"
     else:
         answer = answer_sentence(answer_items(call.labels, call.laterality))
-    return f"<think> {reasoning} </think>{answer}"
+    return reasoning, answer, f"<think> {reasoning} </think>{answer}"
 
 
 def _teachers() -> dict[str, SimulatedTeacher]:

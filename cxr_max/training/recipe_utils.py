@@ -82,9 +82,8 @@ def load_policy(path: str, model_args=None, training_args=None):
     model through ``AutoModelForCausalLM``. ``model_args`` (trl ``ModelConfig``) supplies dtype and attention."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"trust_remote_code": bool(getattr(training_args, "trust_remote_code", False))}
     if model_args is not None:
-        kwargs["trust_remote_code"] = model_args.trust_remote_code
         if model_args.attn_implementation:
             kwargs["attn_implementation"] = model_args.attn_implementation
         dtype = model_args.dtype
@@ -124,6 +123,19 @@ def resolve_resume(training_args) -> str | bool | None:
     if not Path(value).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
     return str(value)
+
+
+def policy_source(model_path: str, resume: str | None) -> str:
+    """Where to load the policy from: the resumed checkpoint when it holds a full model, else ``model_path``.
+
+    transformers 5 saves some VLMs (LLaVA) in their original key layout, and ``Trainer``'s resume reloads the
+    state dict without converting it back (every key is reported missing, the weights stay as loaded). Loading
+    the policy from the checkpoint with ``from_pretrained`` (which converts) makes the resume exact; the
+    optimizer, scheduler and RNG states are still restored by ``Trainer``.
+    """
+    if resume and (Path(resume) / "config.json").is_file():
+        return str(resume)
+    return model_path
 
 
 def save_final(trainer, processing_class, output_dir: str, merge_lora: bool = True) -> str:

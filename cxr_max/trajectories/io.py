@@ -130,11 +130,13 @@ def _records_to_table(records: list[dict], rows: list[int], path: Path) -> pa.Ta
     return _with_bookkeeping(table, path, np.asarray(rows, dtype=np.int64))
 
 
-def _canonical_rows(path: Path, raw_rows: Iterable[tuple[int, dict]], on_error: OnError, skips: SkipLog | None) -> pa.Table:
+def _canonical_rows(
+    path: Path, raw_rows: Iterable[tuple[int, dict]], on_error: OnError, skips: SkipLog | None, ids_from_metadata: bool = False
+) -> pa.Table:
     records, rows = [], []
     for lineno, obj in raw_rows:
         try:
-            records.append(normalize_record(obj))
+            records.append(normalize_record(obj, ids_from_metadata=ids_from_metadata))
             rows.append(lineno)
         except ValueError as e:
             handle(DataError(str(e), path=path, row=lineno), on_error, skips)
@@ -317,7 +319,7 @@ def read_trajectory_file(
             except ValueError as e:
                 handle(DataError(str(e), path=path, row=lineno), on_error, skips)
         raw_rows = mapped
-    return _canonical_rows(path, raw_rows, on_error, skips)
+    return _canonical_rows(path, raw_rows, on_error, skips, ids_from_metadata=adapter is not None or mapping is not None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -83,20 +83,25 @@ def record_key(rec: dict[str, Any]) -> tuple[str, str, str, int]:
     return (rec["dicom_id"], rec["teacher"], rec["task"], int(rec["sample"]))
 
 
-def normalize_record(rec: dict[str, Any]) -> dict[str, Any]:
+def normalize_record(rec: dict[str, Any], *, ids_from_metadata: bool = False) -> dict[str, Any]:
     """Fill the optional fields with their defaults and coerce identifier types.
 
     Raises ``ValueError`` (without a location; readers add the file and row) when a required field
     is missing or a value has the wrong type. Unknown fields are an error too, so that a misspelt
-    column is never silently ignored.
+    column is never silently ignored. ``ids_from_metadata`` lets ``subject_id``/``study_id`` be
+    missing (left as "", to be filled from the image metadata by dicom_id).
     """
     unknown = set(rec) - set(FIELDS)
     if unknown:
         raise ValueError(f"unknown field(s) {sorted(unknown)}; the canonical fields are {list(FIELDS)}")
-    missing = [f for f in REQUIRED if rec.get(f) in (None, "")]
+    optional_ids = ("subject_id", "study_id") if ids_from_metadata else ()
+    missing = [f for f in REQUIRED if rec.get(f) in (None, "") and f not in optional_ids]
     if missing:
         raise ValueError(f"missing required field(s) {missing}")
     out = {name: rec.get(name) for name in FIELDS}
+    for f in optional_ids:
+        if out[f] is None:
+            out[f] = ""
     for f in ("subject_id", "study_id"):
         v = out[f]
         if isinstance(v, float) and v.is_integer():
