@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 
 from cxr_max.evaluation import label_reports
-from cxr_max.evaluation.report_metrics import report_metrics
+from cxr_max.evaluation.nlg_metrics import report_metrics
 from cxr_max.evaluation.tokenize import java_available, ptb_tokenize, simple_tokenize
 
 sys.path.insert(0, str(Path(__file__).parent))

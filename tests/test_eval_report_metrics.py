@@ -10,8 +10,8 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge, my_lcs
 
 from cxr_max.errors import DataError, SkipLog
-from cxr_max.evaluation import report_metrics as rm_module
-from cxr_max.evaluation.report_metrics import (
+from cxr_max.evaluation import nlg_metrics as rm_module
+from cxr_max.evaluation.nlg_metrics import (
     bleu_scores,
     cider_d_scores,
     lcs_length,

@@ -74,8 +74,8 @@ def test_learn_then_critique_then_dpo_in_process_with_resume(tmp_path, capsys, c
     # the resumed policy is loaded from the checkpoint itself (Trainer's own reload misses LLaVA's renamed keys)
     from cxr_max.training.recipe_utils import load_policy, policy_source
 
-    assert policy_source(str(out / "student-init"), str(out / "checkpoint-2")) == str(out / "checkpoint-2")
-    resumed, init = load_policy(str(out / "checkpoint-2")), load_policy(str(out / "student-init"))
+    assert policy_source(str(out / "student-init"), str(out / "checkpoint-4")) == str(out / "checkpoint-4")
+    resumed, init = load_policy(str(out / "checkpoint-4")), load_policy(str(out / "student-init"))
     assert any(not torch.equal(a, b) for a, b in zip(resumed.parameters(), init.parameters()))
 
     apo = Dataset.from_list(_apo_rows(4))

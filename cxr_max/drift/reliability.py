@@ -2,8 +2,8 @@
 
 Reliability (per teacher, and per teacher x finding), all measured against the consensus:
 agreement, false-positive rate P(teacher PRESENT | consensus ABSENT), false-negative rate
-P(teacher ABSENT | consensus PRESENT), uncertain rate, side agreement and left/right swap rate on
-lateral findings, refusal rate, rate of trajectories with nothing extractable, verbosity
+P(teacher ABSENT | consensus PRESENT), uncertain rate, side agreement on lateral findings both hold
+present with a side, left/right swap rate (over the pairs where both name a single side), refusal rate, rate of trajectories with nothing extractable, verbosity
 (completion tokens, or words when the record has no token count), and coverage of the stream.
 
 Drift detection runs an established detector from ``river`` (ADWIN by default; KSWIN and
@@ -232,7 +232,7 @@ def teacher_reliability(panel: Panel, cons: Consensus, *, n_windows: int = 10) -
             tj, cj = panel.side[m, t, j], cons.side[m, j]
             sw = ((tj == 1) & (cj == 2)) | ((tj == 2) & (cj == 1))
             per_side[finding] = {"n": int(m.sum()), "agreement": _nan_none(_rate((tj == cj).sum(), m.sum())),
-                                 "swap_rate": _nan_none(_rate(sw.sum(), m.sum()))}
+                                 "swap_rate": _nan_none(_rate(sw.sum(), ((tj < 3) & (cj < 3)).sum()))}
         pos_o, val_o = signals[(name, "overall")]
         win_o, n_o = windowed_mean(pos_o, val_o, edges)
         pos_r, val_r = signals[(name, "refusal")]
@@ -253,7 +253,7 @@ def teacher_reliability(panel: Panel, cons: Consensus, *, n_windows: int = 10) -
             "informative_agreement": float(np.nanmean(cons.informative_agreement[:, t])) if usable.any() else None,
             "laterality_n": int(sided.sum()),
             "laterality_agreement": _nan_none(_rate((ts == cs).sum(), sided.sum())),
-            "laterality_swap_rate": _nan_none(_rate(swap.sum(), sided.sum())),
+            "laterality_swap_rate": _nan_none(_rate(swap.sum(), ((ts < 3) & (cs < 3)).sum())),
             "laterality": per_side,
             "window_agreement": [_nan_none(x) for x in win_o],
             "window_n": n_o.tolist(),

@@ -18,7 +18,7 @@ from cxr_max.evaluation.clinical import (
     parse_progression,
     temporal_accuracy,
 )
-from cxr_max.evaluation.report_metrics import report_metrics
+from cxr_max.evaluation.nlg_metrics import report_metrics
 from cxr_max.evaluation.tokenize import java_available, simple_tokenize
 
 __all__ = [

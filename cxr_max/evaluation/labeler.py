@@ -176,7 +176,7 @@ _MENTIONS: dict[str, str] = {
     r"\bicds?\b|(?:sternotomy|sternal|cerclage) wires?|median sternotomy|sternotomy|port-a-cath|"
     r"\bport\b|tracheostomy|\btrach\b|\blvad\b|ventricular assist device|intra-?aortic balloon|"
     r"\biabp\b|(?:valve|mitral|aortic) (?:replacement|prosthesis)|prosthetic valve|\bstents?\b|"
-    r"surgical clips|\bclips?\b|\bleads?\b|\bhardware\b|\bdevices?\b|\bpigtail\b|catheters?|\bdrains?\b|"
+    r"surgical clips|\bclips?\b|\bleads?\b|\bhardware\b|\bpigtail\b|catheters?|\bdrains?\b|"
     r"\bcabg\b|loop recorder|\bimpella\b|\becmo\b|\blines (?:and|or|/) tubes\b|\btubes (?:and|or|/) lines\b|"
     r"monitoring (?:leads|devices)|support devices",
 }

@@ -78,14 +78,29 @@ class DataCollatorForAPO(DataCollatorMixin):
         has_images = any(len(im) for im in images)
 
         kwargs = dict(padding=True, return_tensors=self.return_tensors, add_special_tokens=False)
-        if isinstance(self.processing_class, ProcessorMixin):
-            processed = self.processing_class(
-                images=images if has_images else None, text=prompts, padding_side="left", **kwargs
-            )
-            done = self.processing_class(text=completions, padding_side="right", **kwargs)
-        else:
-            processed = self.processing_class(text=prompts, padding_side="left", **kwargs)
-            done = self.processing_class(text=completions, padding_side="right", **kwargs)
+        is_processor = isinstance(self.processing_class, ProcessorMixin)
+        # Fast path: every row has the same prompt for all its candidates, so the prompt (and its image) is
+        # processed once per row and repeated per candidate. Only when each row has exactly one image or all rows
+        # none, so that per-image tensors line up with rows whatever the processor's layout.
+        n_images = {len(ex.get(IMAGES_COLUMN) or []) for ex in examples}
+        row_of_seq = torch.tensor([b for b, _ in owners])
+        first_seq = [owners.index((b, 0)) for b in range(len(examples))]
+        processed = None
+        if n_images in ({0}, {1}):
+            row_prompts = [prompts[i] for i in first_seq]
+            row_images = [images[i] for i in first_seq] if has_images else None
+            call = dict(text=row_prompts, padding_side="left", **kwargs)
+            if is_processor:
+                call["images"] = row_images
+            once = self.processing_class(**call)
+            if all(v.shape[0] == len(examples) for v in once.values() if torch.is_tensor(v)):
+                processed = {k: v.index_select(0, row_of_seq) if torch.is_tensor(v) else v for k, v in once.items()}
+        if processed is None:
+            call = dict(text=prompts, padding_side="left", **kwargs)
+            if is_processor:
+                call["images"] = images if has_images else None
+            processed = self.processing_class(**call)
+        done = self.processing_class(text=completions, padding_side="right", **kwargs)
 
         prompt_ids, prompt_mask = processed["input_ids"], processed["attention_mask"]
         comp_ids, comp_mask = done["input_ids"], done["attention_mask"]
