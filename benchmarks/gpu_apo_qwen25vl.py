@@ -43,7 +43,7 @@ def qwen25vl_config(tiny: bool):
     from transformers import Qwen2_5_VLConfig
 
     if tiny:
-        text = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        text = dict(vocab_size=1000, bos_token_id=1, eos_token_id=2, pad_token_id=0, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                     rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]})
         vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
@@ -144,7 +144,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if args.tiny:
-        args.image_side, args.prompt_len, args.repeats = 56, 8, min(args.repeats, 2)
+        args.image_side, args.prompt_len = 56, 8
     completion_lens = [32, 40, 24, 36] if args.tiny else [300, 340, 260, 320, 280, 310, 290, 330]
     torch.manual_seed(0)
     config = qwen25vl_config(args.tiny)

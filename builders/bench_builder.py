@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -45,7 +44,10 @@ def run_floor(jpg_root: str, traj_dir: str, out_dir: str) -> None:
     opts = pacsv.ConvertOptions(column_types=ids)
     meta = pacsv.read_csv(Path(jpg_root) / "mimic-cxr-2.0.0-metadata.csv.gz", convert_options=opts)
     split = pacsv.read_csv(Path(jpg_root) / "mimic-cxr-2.0.0-split.csv.gz", convert_options=opts)
-    labels = pacsv.read_csv(Path(jpg_root) / "mimic-cxr-2.0.0-chexpert.csv.gz", convert_options=opts)
+    from cxr_max.labels import CHEXPERT_LABELS
+
+    label_opts = pacsv.ConvertOptions(column_types={**ids, **{c: pa.float32() for c in CHEXPERT_LABELS}})
+    labels = pacsv.read_csv(Path(jpg_root) / "mimic-cxr-2.0.0-chexpert.csv.gz", convert_options=label_opts)
     images = meta.join(split.select(["dicom_id", "split"]), "dicom_id").join(labels, ["subject_id", "study_id"])
     path = pc.binary_join_element_wise(
         jpg_root + "/files/p", pc.utf8_slice_codeunits(images.column("subject_id"), 0, 2), "/p",
@@ -54,7 +56,11 @@ def run_floor(jpg_root: str, traj_dir: str, out_dir: str) -> None:
     parse = pj.ParseOptions(explicit_schema=ARROW_SCHEMA)
     tables = [pj.read_json(f, parse_options=parse) for f in sorted(Path(traj_dir).rglob("*.jsonl"))]
     traj = pa.concat_tables(tables)
-    joined = traj.join(images.drop_columns(["subject_id", "study_id"]), "dicom_id")
+    idx = pc.index_in(traj.column("dicom_id"), images.column("dicom_id"))  # vectorised join (labels struct on the left)
+    joined = traj
+    for name in images.column_names:
+        if name not in traj.column_names:
+            joined = joined.append_column(name, images.column(name).take(idx))
     for s in ("train", "validate", "test"):
         pq.write_table(joined.filter(pc.equal(joined.column("split"), s)), Path(out_dir) / f"{s}.parquet")
 

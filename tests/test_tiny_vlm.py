@@ -124,3 +124,21 @@ def test_sft_on_tiny_student_drops_the_loss(vlm_dir, tmp_path):
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_script_tiny_smoke_mode(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_apo_qwen25vl.py"
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(script), "--tiny", "--repeats", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env={"CUDA_VISIBLE_DEVICES": "",
+                                                                            "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu_tiny.json").read_text())
+    assert result["tiny"] and set(result["tokens_per_second"]) == {"apo", "dpo_pairwise"}
+    assert all(v > 0 for v in result["tokens_per_second"].values())

@@ -295,7 +295,15 @@ class MimicRoot:
         return pa.table(columns, schema=STUDIES_SCHEMA)
 
     def _labels_of_studies(self, subject: pa.ChunkedArray, study: pa.ChunkedArray) -> pa.StructArray:
-        """The label struct of each (subject, study), by vectorised lookup of study_id in the label table."""
+        """The label struct of each (subject, study), by vectorised lookup of study_id in the label table.
+
+        A copy without the label table (e.g. a teacher-collection folder) gets null labels throughout;
+        ``validate()`` still reports the table as missing.
+        """
+        if find_table(self.jpg_root, self.labels, required=False) is None and (
+            self.dicom_root is None or find_table(self.dicom_root, self.labels, required=False) is None
+        ):
+            return pa.nulls(len(study), LABELS_TYPE)
         table = self.label_table
         index = pc.index_in(study, value_set=table["study_id"].combine_chunks())  # study_id is unique there
         found = table.select(["subject_id", *CHEXPERT_LABELS]).take(index)

@@ -1,9 +1,4 @@
-"""The images to ask teachers about, read from a MIMIC-CXR-JPG root.
-
-A small local reader of ``mimic-cxr-2.0.0-metadata.csv.gz`` (and the CheXpert table, for the known
-diagnoses of the ``explain`` task). It is a stand-in until :mod:`cxr_max.mimic` offers the same
-listing; the path rule is PhysioNet's: ``files/p{sid[:2]}/p{sid}/s{study}/{dicom}.jpg``.
-"""
+"""The images to ask teachers about, listed from a MIMIC-CXR-JPG root through :class:`cxr_max.mimic.MimicRoot`."""
 
 from __future__ import annotations
 
@@ -13,14 +8,11 @@ import hashlib
 import io
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
+import pyarrow.compute as pc
 
 from cxr_max.errors import DataError
 from cxr_max.labels import CHEXPERT_LABELS
 
-METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"
-CHEXPERT = "mimic-cxr-2.0.0-chexpert.csv.gz"
 FRONTAL_VIEWS = ("PA", "AP")
 
 
@@ -36,26 +28,9 @@ class ImageItem:
     diagnoses: tuple[str, ...] = ()
 
 
-def jpg_path(root: Path, subject_id: str, study_id: str, dicom_id: str) -> Path:
-    """PhysioNet's path rule for a MIMIC-CXR-JPG image."""
-    return Path(root) / "files" / f"p{subject_id[:2]}" / f"p{subject_id}" / f"s{study_id}" / f"{dicom_id}.jpg"
-
-
 def shard_of(dicom_id: str, n: int) -> int:
     """The shard (0..n-1) an image belongs to: a stable hash of its dicom_id, the same in every process."""
     return int.from_bytes(hashlib.blake2b(dicom_id.encode(), digest_size=8).digest(), "big") % n
-
-
-def _read_csv(path: Path, columns: list[str]) -> pa.Table:
-    try:
-        return pacsv.read_csv(
-            path,
-            convert_options=pacsv.ConvertOptions(
-                include_columns=columns, column_types={c: pa.string() for c in ("dicom_id", "subject_id", "study_id")}
-            ),
-        )
-    except (pa.ArrowInvalid, KeyError) as e:
-        raise DataError(f"cannot read the table (expected columns {columns}): {e}", path=path) from None
 
 
 def list_images(
@@ -63,40 +38,27 @@ def list_images(
 ) -> list[ImageItem]:
     """The images of a MIMIC-CXR-JPG root in metadata order (optionally frontal only, the first ``limit``).
 
-    ``diagnoses`` holds the study's CheXpert labels that are 1.0 (from the CheXpert table when present).
+    ``diagnoses`` holds the study's CheXpert labels that are 1.0 (when the root has a CheXpert table).
     """
+    from cxr_max.mimic import MimicRoot, find_table
+
     root = Path(jpg_root)
-    meta_path = root / METADATA
-    if not meta_path.is_file():
-        raise DataError(f"no {METADATA} here; is this a MIMIC-CXR-JPG root?", path=root)
-    meta = _read_csv(meta_path, ["dicom_id", "subject_id", "study_id", "ViewPosition"]).to_pylist()
-    positives: dict[str, tuple[str, ...]] = {}
-    chex_path = root / CHEXPERT
-    if with_diagnoses and chex_path.is_file():
-        table = _read_csv(chex_path, ["study_id", *CHEXPERT_LABELS])
-        cols = {name: table.column(name).to_pylist() for name in CHEXPERT_LABELS}
-        for i, study in enumerate(table.column("study_id").to_pylist()):
-            positives[study] = tuple(n for n in CHEXPERT_LABELS if n != "No Finding" and cols[n][i] == 1.0)
-    items: list[ImageItem] = []
-    for row_no, row in enumerate(meta, start=2):  # row 1 is the header
-        if not row["dicom_id"] or not row["subject_id"] or not row["study_id"]:
-            raise DataError("empty dicom_id/subject_id/study_id", path=meta_path, row=row_no)
-        view = row["ViewPosition"] or ""
-        if frontal_only and view not in FRONTAL_VIEWS:
-            continue
-        items.append(
-            ImageItem(
-                subject_id=row["subject_id"],
-                study_id=row["study_id"],
-                dicom_id=row["dicom_id"],
-                path=jpg_path(root, row["subject_id"], row["study_id"], row["dicom_id"]),
-                view=view,
-                diagnoses=positives.get(row["study_id"], ()),
-            )
+    if find_table(root, "metadata", required=False) is None:
+        raise DataError("no mimic-cxr-2.0.0-metadata.csv(.gz) here; is this a MIMIC-CXR-JPG root?", path=root)
+    images = MimicRoot(root).images()
+    if frontal_only:
+        images = images.filter(pc.is_in(images.column("view_position"), value_set=pc.cast(list(FRONTAL_VIEWS), "string")))
+    if limit is not None:
+        images = images.slice(0, limit)
+    labels = images.column("labels").to_pylist() if with_diagnoses else [None] * images.num_rows
+    return [
+        ImageItem(
+            subject_id=r["subject_id"], study_id=r["study_id"], dicom_id=r["dicom_id"], path=Path(r["image_path"]),
+            view=r["view_position"] or "",
+            diagnoses=tuple(n for n in CHEXPERT_LABELS if n != "No Finding" and (lab or {}).get(n) == 1.0),
         )
-        if limit is not None and len(items) >= limit:
-            break
-    return items
+        for r, lab in zip(images.select(["subject_id", "study_id", "dicom_id", "image_path", "view_position"]).to_pylist(), labels)
+    ]
 
 
 def image_data_url(path: Path) -> str:

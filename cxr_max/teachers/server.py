@@ -39,7 +39,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cxr_max.teachers.images import jpg_path
+from cxr_max.mimic import jpg_relpath
 from cxr_max.teachers.prompts import detect_task
 
 IMAGE_TOKENS = 256  # nominal prompt tokens per image in the usage counts
@@ -99,7 +99,7 @@ class SimWorld:
         jpg_root = root / "mimic-cxr-jpg"
         index = {}
         for t in truth.values():
-            path = jpg_path(jpg_root, t.subject_id, t.study_id, t.dicom_id)
+            path = Path(jpg_root) / jpg_relpath(t.subject_id, t.study_id, t.dicom_id)
             if path.is_file():
                 index[cls.digest(path.read_bytes())] = t.dicom_id
         return cls(teachers if teachers is not None else synthetic.SIM_TEACHERS, truth, index, seed)
@@ -386,15 +386,20 @@ def make_tiny_world(root: str | Path, n_images: int = 20, teachers: int | list[s
     for i in range(n_images):
         sid, study = f"1{i:07d}", f"5{i:07d}"
         dicom = "-".join(f"{rng.getrandbits(32):08x}" for _ in range(5))
-        path = jpg_path(jroot, sid, study, dicom)
+        path = Path(jroot) / jpg_relpath(sid, study, dicom)
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.new("L", (image_size, image_size), color=rng.randrange(256)).save(path, format="JPEG")
-        rows.append([dicom, sid, study, "LATERAL" if i % 4 == 3 else "PA"])
+        rows.append([dicom, sid, study, "LATERAL" if i % 4 == 3 else "PA", image_size, image_size,
+                     f"2150{1 + i % 12:02d}01", f"{i % 24:02d}0000.000"])
         truth[dicom] = SimpleNamespace(subject_id=sid, study_id=study, dicom_id=dicom)
         index[SimWorld.digest(path.read_bytes())] = dicom
     with gzip.open(jroot / "mimic-cxr-2.0.0-metadata.csv.gz", "wt", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["dicom_id", "subject_id", "study_id", "ViewPosition"])
+        w.writerow(["dicom_id", "subject_id", "study_id", "ViewPosition", "Rows", "Columns", "StudyDate", "StudyTime"])
         w.writerows(rows)
+    with gzip.open(jroot / "mimic-cxr-2.0.0-split.csv.gz", "wt", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dicom_id", "study_id", "subject_id", "split"])
+        w.writerows([r[0], r[2], r[1], "train"] for r in rows)
     names = teachers if isinstance(teachers, list) else [f"echo-{k}" for k in range(teachers)]
     return jroot, SimWorld({n: EchoTeacher(n) for n in names}, truth, index, seed)
