@@ -138,8 +138,27 @@ def policy_source(model_path: str, resume: str | None) -> str:
     return model_path
 
 
-def save_final(trainer, processing_class, output_dir: str, merge_lora: bool = True) -> str:
-    """Save the trained model (LoRA merged into the base when ``merge_lora``) and its processor; return the path."""
+STAGES_FILE = "training_stages.json"
+STAGE_DESCRIPTIONS = {
+    "learn": "Supervised bootstrapping: SFT on the union of all teachers' trajectories (refusals excluded).",
+    "critique": "APO: Plackett-Luce preference optimisation, consensus positive against every teacher's trajectory.",
+    "dpo": "The authors' released recipe: pairwise DPO on (consensus, teacher) pairs.",
+}
+_STAGE_HPARAMS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                  "gradient_accumulation_steps", "warmup_steps", "lr_scheduler_type", "max_length", "beta",
+                  "loss_type", "ranking", "max_negatives", "use_negative_weights", "seed", "bf16")
+
+
+def save_final(trainer, processing_class, output_dir: str, merge_lora: bool = True, *, stage: str | None = None,
+               source: str | None = None) -> str:
+    """Save the trained model (LoRA merged into the base when ``merge_lora``) and its processor; return the path.
+
+    With ``stage``, also record the training lineage the model card needs: ``training_stages.json`` (the
+    stages of ``source``, the folder this stage started from, plus this one, with its hyperparameters
+    and the base model) and ``all_results.json`` (this stage's final training metrics).
+    """
+    import json
+
     from accelerate.utils import is_peft_model
 
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -151,5 +170,51 @@ def save_final(trainer, processing_class, output_dir: str, merge_lora: bool = Tr
         trainer.save_model(output_dir)
     if trainer.accelerator.is_main_process:
         processing_class.save_pretrained(output_dir)
+        if stage is not None:
+            previous = Path(source or "") / STAGES_FILE
+            stages = json.loads(previous.read_text()) if source and previous.is_file() else []
+            args = trainer.args
+            hp = {k: getattr(args, k) for k in _STAGE_HPARAMS if getattr(args, k, None) is not None}
+            hp["model_name_or_path"] = source
+            stages.append({"name": stage, "description": STAGE_DESCRIPTIONS.get(stage, stage), "hyperparameters": hp})
+            (Path(output_dir) / STAGES_FILE).write_text(json.dumps(stages, indent=2, default=str))
+            final = next((h for h in reversed(trainer.state.log_history) if "train_loss" in h), {})
+            trainer.save_metrics("train", {k: v for k, v in final.items() if isinstance(v, (int, float))}, combined=True)
     trainer.accelerator.wait_for_everyone()
     return output_dir
+
+
+def take_hub_push(training_args) -> dict | None:
+    """Take ``--push_to_hub`` away from ``Trainer`` and return what to push at the end instead.
+
+    Trainer would push every checkpoint with a card whose base model is ``None``; cxr_max pushes the
+    final model once, private by default, with its own card (:func:`cxr_max.hub.push_checkpoint`).
+    """
+    if not getattr(training_args, "push_to_hub", False):
+        return None
+    request = {
+        "repo_id": training_args.hub_model_id or Path(training_args.output_dir).name,
+        "private": training_args.hub_private_repo is not False,
+    }
+    training_args.push_to_hub = False
+    return request
+
+
+def push_if_requested(request: dict | None, folder: str, *, datasets=("cxr_max-synthetic",), endpoint: str | None = None):
+    """Push ``folder`` with :func:`cxr_max.hub.push_checkpoint` when :func:`take_hub_push` asked for it.
+
+    The base model is the first stage's starting checkpoint (a Hub id such as
+    ``Qwen/Qwen2.5-VL-7B-Instruct``); a student built offline has none, and the push says so.
+    """
+    if request is None:
+        return
+    import json
+
+    from cxr_max.hub import push_checkpoint
+
+    stages = json.loads((Path(folder) / STAGES_FILE).read_text())
+    base = stages[0]["hyperparameters"].get("model_name_or_path") if stages else None
+    plan = push_checkpoint(folder, request["repo_id"], private=request["private"], base_model=base,
+                           datasets=list(datasets), endpoint=endpoint)
+    print(f"pushed {folder} to {request['repo_id']} ({'private' if request['private'] else 'public'})")
+    return plan
