@@ -167,3 +167,25 @@ def test_meteor_with_java_in_range():
                          ["small left pleural effusion", "heart size is normal"], meteor=True, per_pair=True)
     assert out["per_pair"]["meteor"][0] > 0.9 and out["per_pair"]["meteor"][1] < 0.3
     assert 0.0 < out["meteor"] < 1.0 and "meteor_skipped" not in out
+
+
+def test_repeated_texts_share_work_but_not_results():
+    """Many repeated texts (as in real evaluation sets): cached tokens / n-grams give the same scores."""
+    rng = random.Random(5)
+    pool = [" ".join(rng.sample(SENTENCES, rng.randint(1, 4))) for _ in range(15)]
+    preds = [rng.choice(pool) for _ in range(120)]
+    refs = [rng.choice(pool) if i % 4 else [rng.choice(pool), rng.choice(pool)] for i in range(120)]
+    out = report_metrics(preds, refs, meteor=False, per_pair=True)
+    hyps = [" ".join(simple_tokenize(p)) for p in preds]
+    gts = {i: [" ".join(simple_tokenize(r)) for r in ([rs] if isinstance(rs, str) else rs)] for i, rs in enumerate(refs)}
+    res = {i: [h] for i, h in enumerate(hyps)}
+    assert [out[f"bleu{k}"] for k in range(1, 5)] == pytest.approx(Bleu(4).compute_score(gts, res, verbose=0)[0], rel=1e-12)
+    assert out["per_pair"]["cider"] == pytest.approx(list(Cider().compute_score(gts, res)[1]), rel=1e-10, abs=1e-12)
+    # a shared n-gram index gives exactly the numbers of fresh ones
+    _, tok_p, tok_r = rm_module.prepare_pairs(preds, refs)
+    index = rm_module._NgramIndex(4)
+    assert bleu_scores(tok_p, tok_r, _index=index) == bleu_scores(tok_p, tok_r)
+    assert cider_d_scores(tok_p, tok_r, _index=index) == cider_d_scores(tok_p, tok_r)
+    # repeated texts get their own token lists (editing one does not change another)
+    first, again = tok_p[0], tok_p[preds.index(preds[0], 1)] if preds.count(preds[0]) > 1 else None
+    assert again is not None and first == again and first is not again

@@ -18,11 +18,14 @@ from cxr_max.evaluation.clinical import (
     parse_progression,
     temporal_accuracy,
 )
+from cxr_max.evaluation.model_metrics import chexbert_f1, radgraph_f1
 from cxr_max.evaluation.nlg_metrics import report_metrics
 from cxr_max.evaluation.tokenize import java_available, simple_tokenize
 
 __all__ = [
     "bootstrap_resample_weights",
+    "chexbert_f1",
+    "radgraph_f1",
     "clinical_metrics",
     "java_available",
     "label_f1",

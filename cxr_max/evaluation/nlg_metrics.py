@@ -16,7 +16,9 @@ The numbers are those of the COCO caption evaluation code that papers use (``pyc
   ``"meteor": None`` and ``"meteor_skipped": "<reason>"``.
 
 BLEU, ROUGE-L and CIDEr-D are re-implemented here for speed (ROUGE-L uses a bit-parallel LCS; the
-n-gram statistics are computed once per text) and are tested to equal pycocoevalcap's own scorers
+n-gram statistics are computed once per *distinct* text, keyed by integer n-gram ids, and shared by
+BLEU and CIDEr; CIDEr's tf-idf vectors are built once per distinct text; the "simple" tokeniser runs
+once per distinct text) and are tested to equal pycocoevalcap's own scorers
 on the same tokens (``tests/test_eval_report_metrics.py``). Tokenisation: see
 :mod:`cxr_max.evaluation.tokenize` (``tokenizer="simple"`` by default, pure Python, equal to the
 Java PTB pipeline on report text; ``tokenizer="ptb"`` runs the Java one).
@@ -110,6 +112,16 @@ def prepare_pairs(
         tok_r = [[next(rest) for _ in rs] for rs in texts_r]
     else:
         fn = simple_tokenize if tokenizer == "simple" else tokenizer
+        if tokenizer == "simple":  # pure function: tokenise each distinct text once, copy for repeats
+            seen: dict[str, list[str]] = {}
+
+            def fn(text: str, _tok=fn) -> list[str]:
+                hit = seen.get(text)
+                if hit is None:
+                    hit = seen[text] = _tok(text)
+                    return hit
+                return list(hit)
+
         tok_p = [fn(t) for t in texts_p]
         tok_r = [[fn(x) for x in rs] for rs in texts_r]
 
@@ -149,31 +161,66 @@ def _ngram_counts(tokens: list[str], n: int = 4) -> list[Counter]:
     return [Counter(zip(*(tokens[k:] for k in range(order)))) for order in range(1, n + 1)]
 
 
+class _NgramIndex:
+    """n-gram counts of token lists, computed once per distinct token list and keyed by integer ids.
+
+    Each distinct n-gram tuple (of any order) gets a small integer id the first time it is seen, so
+    the BLEU and CIDEr loops hash ints instead of tuples of strings. A count dict keeps the order in
+    which its n-grams first occur in the text (as ``Counter`` does), so sums over it run in the same
+    order as pycocoevalcap's and give the same floating-point result.
+    """
+
+    def __init__(self, n: int = 4):
+        self.n = n
+        self._ids: dict[tuple, int] = {}
+        self._counts: dict[tuple, list[dict[int, int]]] = {}
+
+    def counts(self, tokens: Sequence[str]) -> list[dict[int, int]]:
+        """Per order 1..n: ``{ngram id: count}`` of ``tokens`` (cached; do not modify)."""
+        key = tuple(tokens)
+        hit = self._counts.get(key)
+        if hit is None:
+            ids = self._ids
+            hit = [
+                {ids.setdefault(g, len(ids)): c for g, c in cnt.items()} for cnt in _ngram_counts(tokens, self.n)
+            ]
+            self._counts[key] = hit
+        return hit
+
+
 # --------------------------------------------------------------------------------------------------
 # BLEU (pycocoevalcap.bleu, option "closest")
 # --------------------------------------------------------------------------------------------------
 
 
 def bleu_scores(
-    hyps: Sequence[list[str]], refs: Sequence[list[list[str]]], n: int = 4
+    hyps: Sequence[list[str]], refs: Sequence[list[list[str]]], n: int = 4, *, _index: _NgramIndex | None = None
 ) -> tuple[list[float], list[list[float]]]:
     """Corpus BLEU-1..n and per-pair BLEU-1..n, as ``pycocoevalcap.bleu.Bleu(n).compute_score``."""
+    index = _index if _index is not None and _index.n == n else _NgramIndex(n)
     total_guess, total_correct = [0] * n, [0] * n
     total_test = total_ref = 0
     per_pair: list[list[float]] = [[] for _ in range(n)]
     for hyp, rs in zip(hyps, refs):
-        hc = _ngram_counts(hyp, n)
-        maxref: list[dict] = [{} for _ in range(n)]
-        for r in rs:
-            for k, cnt in enumerate(_ngram_counts(r, n)):
-                m = maxref[k]
-                for g, c in cnt.items():
-                    if c > m.get(g, 0):
-                        m[g] = c
+        hc = index.counts(hyp)
+        if len(rs) == 1:
+            maxref = index.counts(rs[0])
+        else:  # clip by the largest count of each n-gram in any reference
+            maxref = [{} for _ in range(n)]
+            for r in rs:
+                for k, cnt in enumerate(index.counts(r)):
+                    m = maxref[k]
+                    for g, c in cnt.items():
+                        if c > m.get(g, 0):
+                            m[g] = c
         testlen = len(hyp)
         reflen = min((abs(len(r) - testlen), len(r)) for r in rs)[1]
         guess = [max(0, testlen - k) for k in range(n)]
-        correct = [sum(min(c, maxref[k].get(g, 0)) for g, c in hc[k].items()) for k in range(n)]
+        correct = []
+        for k in range(n):
+            h, m = hc[k], maxref[k]
+            # integer sums: the order of the shared n-grams does not matter
+            correct.append(sum(min(h[g], m[g]) for g in h.keys() & m.keys()))
         total_test += testlen
         total_ref += reflen
         bleu = 1.0
@@ -239,18 +286,30 @@ def rouge_l_scores(hyps: Sequence[list[str]], refs: Sequence[list[list[str]]], b
 
 
 def cider_d_scores(
-    hyps: Sequence[list[str]], refs: Sequence[list[list[str]]], n: int = 4, sigma: float = _CIDER_SIGMA
+    hyps: Sequence[list[str]],
+    refs: Sequence[list[list[str]]],
+    n: int = 4,
+    sigma: float = _CIDER_SIGMA,
+    *,
+    _index: _NgramIndex | None = None,
 ) -> list[float]:
     """Per-pair CIDEr-D, as ``pycocoevalcap.cider.Cider(n, sigma).compute_score`` (whose mean is the
     corpus score). Document frequencies come from the references of this set of pairs."""
-    ref_counts = [[_ngram_counts(r, n) for r in rs] for rs in refs]
+    index = _index if _index is not None and _index.n == n else _NgramIndex(n)
     df: Counter = Counter()
-    for rcs in ref_counts:
-        df.update({g for rc in rcs for cnt in rc for g in cnt})
+    for rs in refs:
+        # n-gram ids are distinct across orders, so one set per pair covers all orders
+        df.update({g for r in rs for cnt in index.counts(r) for g in cnt})
     log_n_docs = math.log(float(len(refs)))
-    idf_cache: dict[tuple, float] = {}
+    idf_cache: dict[int, float] = {}
+    vec_cache: dict[tuple, tuple[list[dict[int, float]], list[float], int]] = {}
 
-    def vectorise(counts: list[Counter]) -> tuple[list[dict], list[float], int]:
+    def vectorise(tokens: Sequence[str]) -> tuple[list[dict[int, float]], list[float], int]:
+        key = tuple(tokens)
+        hit = vec_cache.get(key)
+        if hit is not None:
+            return hit
+        counts = index.counts(tokens)
         vecs, norms = [], []
         for cnt in counts:
             vec = {}
@@ -266,28 +325,30 @@ def cider_d_scores(
             norms.append(math.sqrt(sq))
         # pycocoevalcap's "length" is the number of bigrams (its n == 1 branch), kept for equality.
         length = sum(counts[1].values()) if n > 1 else 0
-        return vecs, norms, length
+        hit = vec_cache[key] = (vecs, norms, length)
+        return hit
 
     penalty_denominator = 2 * sigma**2
     scores = []
-    for hyp, rcs in zip(hyps, ref_counts):
-        hv, hn, hl = vectorise(_ngram_counts(hyp, n))
+    for hyp, rs in zip(hyps, refs):
+        hv, hn, hl = vectorise(hyp)
         total = [0.0] * n
-        for rc in rcs:
-            rv, rn, rl = vectorise(rc)
+        for r in rs:
+            rv, rn, rl = vectorise(r)
             delta = float(hl - rl)
             penalty = math.e ** (-(delta**2) / penalty_denominator)
             for k in range(n):
-                ref_vec = rv[k]
+                ref_vec, hyp_vec = rv[k], hv[k]
                 val = 0.0
-                for g, x in hv[k].items():
-                    y = ref_vec.get(g)
-                    if y is not None:
-                        val += min(x, y) * y
+                if not hyp_vec.keys().isdisjoint(ref_vec):  # (often no shared 3-/4-grams: skip the loop)
+                    for g, x in hyp_vec.items():  # hypothesis order, as pycocoevalcap sums
+                        y = ref_vec.get(g)
+                        if y is not None:
+                            val += min(x, y) * y
                 if hn[k] != 0 and rn[k] != 0:
                     val /= hn[k] * rn[k]
                 total[k] += val * penalty
-        scores.append(sum(total) / n / len(rcs) * 10.0)
+        scores.append(sum(total) / n / len(rs) * 10.0)
     return scores
 
 
@@ -349,9 +410,10 @@ def report_metrics(
     )
     if skips is not None:
         skips.merge(local_skips)
-    bleu, bleu_pp = bleu_scores(hyps, refs, 4)
+    index = _NgramIndex(4)  # n-gram counts shared by BLEU and CIDEr, once per distinct text
+    bleu, bleu_pp = bleu_scores(hyps, refs, 4, _index=index)
     rouge_pp = rouge_l_scores(hyps, refs)
-    cider_pp = cider_d_scores(hyps, refs)
+    cider_pp = cider_d_scores(hyps, refs, _index=index)
     out: dict[str, Any] = {f"bleu{k + 1}": float(bleu[k]) for k in range(4)}
     out["rouge_l"] = float(sum(rouge_pp) / len(rouge_pp))
     out["cider"] = float(sum(cider_pp) / len(cider_pp))
