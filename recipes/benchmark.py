@@ -59,12 +59,12 @@ class BenchArguments:
     dpo_config: str = field(default=str(HERE / "configs/dpo_baseline_tiny.yaml"))
     learn_epochs: float = field(default=1.0, metadata={"help": "Learn-stage epochs."})
     critique_epochs: float = field(default=1.0, metadata={"help": "Preference-stage epochs (DPO and APO alike)."})
-    preference_rows: int | None = field(default=128, metadata={"help": "Preference rows per DPO/APO run (None: all)."})
+    preference_rows: int | None = field(default=64, metadata={"help": "Preference rows per DPO/APO run (None: all)."})
     learn_max_steps: int | None = field(default=None, metadata={"help": "Cap on learn steps (smoke tests)."})
     critique_max_steps: int | None = field(default=None, metadata={"help": "Cap on preference steps (smoke tests)."})
     consensus: str = field(default="vote", metadata={"help": "Compare-stage consensus: vote | dawid_skene."})
     eval_limit: int | None = field(default=None, metadata={"help": "Evaluate on the first N test images (None: all)."})
-    consistency_images: int = field(default=32, metadata={"help": "Images for the consistency runs."})
+    consistency_images: int = field(default=24, metadata={"help": "Images for the consistency runs."})
     consistency_samples: int = field(default=3, metadata={"help": "Sampled runs (seeds) for sampling consistency."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the consistency runs."})
     shifted: bool = field(default=True, metadata={"help": "Evaluate on the shifted (other hospital) test set."})
@@ -203,6 +203,42 @@ class Bench:
                                                                n_boot=a.n_boot)
         return rec
 
+    def seed_students(self, seed: int, data, shifted, prefs) -> None:
+        """Train one seed's students (shared learn stage) and evaluate them (in-domain, shifted, consistency)."""
+        R, base = self.results, self.work / f"seed{seed}"
+        dirs = self.students(base, seed, self.traj, self.a.variants, prefs)
+        for v, folder in dirs.items():
+            key = f"{v}/seed{seed}"
+            if key not in R["students"]:
+                R["students"][key] = self.timed(f"eval {key}", self.eval_model, folder, base / "eval" / v, data,
+                                                shifted=shifted, consistency=True, seed=seed)
+                self.save()
+
+    def sweep(self, data) -> None:
+        """Robustness: the same recipe on teacher mixes with a growing share of drifting teachers."""
+        a, R = self.a, self.results
+        R.setdefault("sweep", {})
+        for i, (mix, teachers) in enumerate(MIXES.items()):
+            mdir = self.work / f"mix{i}"
+            tdir = mdir / "trajectories"
+            tdir.mkdir(parents=True, exist_ok=True)
+            for t in teachers:  # a copy of the chosen teachers' shards (readers do not follow folder links)
+                if not (tdir / t).exists():
+                    shutil.copytree(Path(self.traj) / t, tdir / f".{t}.tmp", dirs_exist_ok=True)
+                    (tdir / f".{t}.tmp").rename(tdir / t)
+            need = {"drift" if v == "apo-drift" else "uniform" for v in a.sweep_variants if v != "learn"}
+            mprefs = {w: self.timed(f"mix{i}/compare-{w}", self.compare, mdir / f"compare-{w}", str(tdir), w)
+                      for w in need}
+            for seed in a.sweep_seeds:
+                base = mdir / f"seed{seed}"
+                dirs = self.students(base, seed, str(tdir), a.sweep_variants, mprefs)
+                for v, folder in dirs.items():
+                    key = f"{mix}|{v}/seed{seed}"
+                    if key not in R["sweep"]:
+                        R["sweep"][key] = self.timed(f"eval mix{i} {v}/seed{seed}", self.eval_model, folder,
+                                                     base / "eval" / v, data, shifted=None, consistency=False, seed=seed)
+                        self.save()
+
     def run(self) -> dict:
         from cxr_max.synthetic import SIM_TEACHERS, ensure_synthetic
 
@@ -233,42 +269,14 @@ class Bench:
         prefs = {w: self.timed(f"compare-{w}", self.compare, self.work / f"compare-{w}", self.traj, w)
                  for w in ("uniform", "drift")}
 
-        # 3. students, per seed: train, then evaluate (in-domain, shifted, consistency)
+        # 3. students of the first seed, 4. the robustness sweep, 5. the other seeds (in this order, so that a
+        # run cut short still has every claim measured once)
         R.setdefault("students", {})
-        for seed in a.seeds:
-            base = self.work / f"seed{seed}"
-            dirs = self.students(base, seed, self.traj, a.variants, prefs)
-            for v, folder in dirs.items():
-                key = f"{v}/seed{seed}"
-                if key not in R["students"]:
-                    R["students"][key] = self.timed(f"eval {key}", self.eval_model, folder, base / "eval" / v, data,
-                                                    shifted=shifted, consistency=True, seed=seed)
-                    self.save()
-
-        # 4. robustness: teacher mixes with a growing share of drifting teachers
+        self.seed_students(a.seeds[0], data, shifted, prefs)
         if a.sweep:
-            R.setdefault("sweep", {})
-            for i, (mix, teachers) in enumerate(MIXES.items()):
-                mdir = self.work / f"mix{i}"
-                tdir = mdir / "trajectories"
-                tdir.mkdir(parents=True, exist_ok=True)
-                for t in teachers:  # a copy of the chosen teachers' shards (readers do not follow folder links)
-                    if not (tdir / t).exists():
-                        shutil.copytree(Path(self.traj) / t, tdir / f".{t}.tmp", dirs_exist_ok=True)
-                        (tdir / f".{t}.tmp").rename(tdir / t)
-                need = {"drift" if v == "apo-drift" else "uniform" for v in a.sweep_variants if v != "learn"}
-                mprefs = {w: self.timed(f"mix{i}/compare-{w}", self.compare, mdir / f"compare-{w}", str(tdir), w)
-                          for w in need}
-                for seed in a.sweep_seeds:
-                    base = mdir / f"seed{seed}"
-                    dirs = self.students(base, seed, str(tdir), a.sweep_variants, mprefs)
-                    for v, folder in dirs.items():
-                        key = f"{mix}|{v}/seed{seed}"
-                        if key not in R["sweep"]:
-                            R["sweep"][key] = self.timed(f"eval mix{i} {v}/seed{seed}", self.eval_model, folder,
-                                                         base / "eval" / v, data, shifted=None, consistency=False,
-                                                         seed=seed)
-                            self.save()
+            self.sweep(data)
+        for seed in a.seeds[1:]:
+            self.seed_students(seed, data, shifted, prefs)
         self.save()
         return R
 

@@ -419,7 +419,8 @@ def load_eval_data(config: str = "mimic", split: str = "test", *, data_dir: str 
             src = str(Path(ensure_synthetic(seed=seed)) / "ms-cxr-t")
         if src is None:
             raise ValueError("config 'ms_cxr_t' needs ms_cxr_t=<the MS-CXR-T CSV or its folder>")
-        pairs_ds = cxr_max.load_dataset("ms_cxr_t", split="train", images="path", ms_cxr_t=src, **common)
+        pairs_all = cxr_max.load_dataset("ms_cxr_t", images="path", ms_cxr_t=src, **common)
+        pairs_ds = concatenate_datasets([pairs_all[s] for s in pairs_all])  # MS-CXR-T has no official split
         pairs = [dict(r) for r in pairs_ds.remove_columns(["image", "previous_image"])]
         if limit:
             pairs = pairs[:limit]

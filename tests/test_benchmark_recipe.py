@@ -1,0 +1,88 @@
+"""recipes/benchmark.py: the summary and claims logic (fast) and the whole pipeline on a tiny world (slow)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from cxr_max.evaluation import runner
+
+ROOT = Path(__file__).resolve().parents[1]
+FINDINGS = ("Edema", "Cardiomegaly")
+
+
+def _acc(e: float, c: float) -> dict:
+    vals = {"Edema": e, "Cardiomegaly": c, "Avg": (e + c) / 2}
+    return {k: {"value": v, "ci_low": v - 0.1, "ci_high": v + 0.1} for k, v in vals.items()}
+
+
+def _student(e: float, c: float, shift: float, cons: float) -> dict:
+    return {"accuracy": _acc(e, c), "shifted": _acc(shift, shift), "consistency_prompts": {"value": cons},
+            "consistency_samples": {"value": cons - 0.2}, "sampled_accuracy": _acc(e - 0.1, c - 0.1)}
+
+
+def test_mean_interval():
+    m = runner.mean_interval([0.7, 0.8, 0.9])
+    assert m["value"] == pytest.approx(0.8) and m["n"] == 3
+    assert m["ci_low"] == pytest.approx(0.8 - 4.302653 * 0.1 / 3 ** 0.5, abs=1e-4)
+    assert runner.mean_interval([0.5])["ci_low"] == 0.5
+    assert runner.mean_interval([])["n"] == 0
+
+
+def test_summary_claims_and_report_files(tmp_path):
+    results = {
+        "n_test_images": 10,
+        "teachers": {"t-good": {"accuracy": _acc(0.9, 0.8)}, "t-bad": {"accuracy": _acc(0.5, 0.6)}},
+        "students": {"learn/seed0": _student(0.8, 0.8, 0.6, 0.9), "learn/seed1": _student(0.7, 0.8, 0.5, 0.8),
+                     "apo-drift/seed0": _student(0.9, 0.9, 0.8, 0.95), "apo-drift/seed1": _student(0.9, 0.8, 0.7, 0.9)},
+        "sweep": {"0/3 drifting|learn/seed0": {"accuracy": _acc(0.8, 0.8)},
+                  "2/3 drifting|learn/seed0": {"accuracy": _acc(0.6, 0.6)},
+                  "0/3 drifting|apo-drift/seed0": {"accuracy": _acc(0.9, 0.9)}},
+        "timings_s": {"seed0/learn": 1.0},
+    }
+    s = runner.write_benchmark_report(results, tmp_path, findings=FINDINGS)
+    learn, apo = s["students"]["learn"], s["students"]["apo-drift"]
+    assert learn["accuracy"]["Edema"]["value"] == pytest.approx(0.75) and learn["seeds"] == 2
+    assert apo["accuracy"]["Avg"]["value"] == pytest.approx(0.875)
+    assert s["claims"]["best_teacher"]["name"] == "t-good"
+    assert s["claims"]["apo-drift"]["above_every_teacher"] is True   # 0.875 > 0.85
+    assert s["claims"]["learn"]["above_every_teacher"] is False      # 0.775 < 0.85
+    assert s["claims"]["apo-drift"]["minus_learn"] == pytest.approx(0.1)
+    assert s["claims"]["learn"]["shift_drop"] == pytest.approx(0.775 - 0.55)
+    assert s["sweep"]["learn"]["2/3 drifting"]["value"] == pytest.approx(0.6)
+    md = (tmp_path / "results.md").read_text()
+    assert "| **student (apo-drift)** | 0.90 | 0.85 | 0.88 |" in md
+    assert "| t-bad | 0.50 | 0.60 | 0.55 |" in md
+    for png in ("accuracy_per_finding.png", "consistency.png", "generalisation.png", "robustness.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_benchmark_pipeline_tiny_world(tmp_path, monkeypatch):
+    """Every stage on a tiny world with 1-step training: proves the pipeline, files and resumability."""
+    monkeypatch.setenv("CXR_MAX_CACHE", str(tmp_path / "cache"))
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import benchmark
+
+    a = benchmark.BenchArguments(results_dir=str(tmp_path / "res"), work_dir=str(tmp_path / "work"), seeds=[0],
+                                 synthetic_patients=24, learn_max_steps=1, critique_max_steps=1, preference_rows=4,
+                                 eval_limit=3, consistency_images=2, consistency_samples=2, max_new_tokens=6, n_boot=20,
+                                 batch_size=4, sweep_variants=["learn"])
+    res = benchmark.main(a)
+    assert set(res["students"]) == {f"{v}/seed0" for v in benchmark.VARIANTS}
+    assert len(res["teachers"]) == 7 and len(res["sweep"]) == 3
+    rec = res["students"]["apo-drift/seed0"]
+    assert {"accuracy", "shifted", "consistency_prompts", "consistency_samples"} <= set(rec)
+    out = tmp_path / "res"
+    assert json.loads((out / "results.json").read_text())["n_test_images"] == 3
+    assert "Paper-shaped table" in (out / "results.md").read_text()
+    for png in ("accuracy_per_finding.png", "consistency.png", "generalisation.png", "robustness.png"):
+        assert (out / png).is_file()
+    learn_cfg = tmp_path / "work" / "seed0" / "learn" / "config.json"
+    stamp = learn_cfg.stat().st_mtime_ns
+    again = benchmark.main(a)  # resumes: every stage and evaluation is reused
+    assert learn_cfg.stat().st_mtime_ns == stamp
+    assert again["students"] == res["students"]
