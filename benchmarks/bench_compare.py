@@ -3,8 +3,8 @@
 Target (issue 4): 170,982 trajectories (24,426 images x 7 teachers) in under 2 minutes and 2 GB on this
 machine, for each of `vote` and `dawid_skene`. Each method runs in its own subprocess so its peak RSS is
 its own. Measured: building the [images x teachers x 14] tensor from the stored labels, consensus +
-reliability + drift detection + preference rows (no plots), and, separately, text label extraction
-speed on a sample (the shared regex labeler), extrapolated to all texts.
+reliability + drift detection + preference rows (no plots), with the findings re-extracted from the
+text (the default) and from the stored labels; and, separately, text label extraction speed on a sample.
 
     .venv/bin/python benchmarks/bench_compare.py [--n-images 24426] [--extract-sample 3000]
 
@@ -24,7 +24,7 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results" / "compare.json"
 
 
-def _child(root: str, method: str) -> dict:
+def _child(root: str, method: str, source: str = "stored") -> dict:
     from cxr_max.drift.compare import compare
     from cxr_max.drift.findings import build_panel
     from cxr_max.drift.io import read_trajectories, stream_positions
@@ -33,12 +33,12 @@ def _child(root: str, method: str) -> dict:
     table = read_trajectories(Path(root) / "trajectories")
     pos = stream_positions(Path(root) / "mimic-cxr-jpg")
     t1 = time.perf_counter()
-    panel = build_panel(table, pos, source="stored")
+    panel = build_panel(table, pos, source=source)
     t2 = time.perf_counter()
     result = compare(panel, consensus=method, negative_weighting="drift")
     t3 = time.perf_counter()
     return {
-        "method": method, "n_trajectories": table.num_rows, "n_images": panel.n_images,
+        "method": method, "labels": source, "n_trajectories": table.num_rows, "n_images": panel.n_images,
         "n_teachers": len(panel.teachers), "read_s": t1 - t0, "tensor_s": t2 - t1,
         "consensus_drift_rows_s": t3 - t2, "total_after_read_s": t3 - t1, "total_s": t3 - t0,
         "n_drift_points": len(result.drift_points), "n_rows": len(result.rows),
@@ -67,7 +67,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--n-images", type=int, default=24426)
     p.add_argument("--extract-sample", type=int, default=3000)
-    p.add_argument("--child", nargs=2, metavar=("ROOT", "METHOD"))
+    p.add_argument("--child", nargs=3, metavar=("ROOT", "METHOD", "LABELS"))
     args = p.parse_args()
     if args.child:
         print(json.dumps(_child(*args.child)))
@@ -79,8 +79,10 @@ def main() -> None:
     build_s = time.perf_counter() - t
     out = {"machine": "2 shared CPU cores", "target": {"seconds": 120, "peak_rss_mb": 2048},
            "synthetic_root": str(root), "synthetic_build_or_cache_s": build_s, "runs": []}
-    for method in ("vote", "dawid_skene"):
-        proc = subprocess.run([sys.executable, __file__, "--child", str(root), method], capture_output=True, text=True)
+    # "text": findings re-extracted from every raw completion (the compare stage's default, as for real
+    # teachers); "stored": the records' own labels (--labels stored).
+    for method, source in (("vote", "text"), ("dawid_skene", "text"), ("vote", "stored"), ("dawid_skene", "stored")):
+        proc = subprocess.run([sys.executable, __file__, "--child", str(root), method, source], capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(proc.stderr)
         run = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -123,11 +123,13 @@ def print_table(results: dict, md_path: Path) -> None:
     from rich.table import Table
 
     cols = results["findings"] + ["Avg"]
+    short = {"Consolidation": "Con.", "Pleural Effusion": "PE", "Pneumothorax": "Pnx.", "Edema": "Ede.",
+             "Cardiomegaly": "Card.", "Atelectasis": "Atel."}  # the paper's column names
     t = Table(title=f"Top-1 presence accuracy per finding ({results['split']} split, {results['images']} images)")
-    t.add_column("model")
+    t.add_column("model", no_wrap=True)
     for c in cols:
-        t.add_column(c, justify="right")
-    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        t.add_column(short.get(c, c), justify="right")
+    lines = ["| model | " + " | ".join(short.get(c, c) for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, acc in results["accuracy"].items():
         cells = [f"{acc[c]:.2f}" for c in cols]
         t.add_row(name, *cells, style="bold" if name.startswith("student") else None)
