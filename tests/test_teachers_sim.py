@@ -47,14 +47,18 @@ def test_seven_simulated_teachers_end_to_end(world_root, tmp_path):
         if not r["refusal"]:
             assert r["reasoning"] and r["answer"]
     assert refused > 0  # some teachers refuse, and the refusals are flagged, not dropped
+    # the collected folder is a trajectory folder the builder loads, one row per key
+    import cxr_max
+
+    ds = cxr_max.load_dataset("trajectories", data_dir=str(jroot), trajectories=str(tmp_path), images="path",
+                              cache_dir=str(tmp_path / "hf"))
+    assert sum(d.num_rows for d in ds.values()) == s.ok
 
 
 def test_cli_serve_and_distill(world_root, tmp_path):
     port_file = tmp_path / "port"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    # only this part's commands (cxr_max.cli loads every part's; those are tested by their owners)
-    cli = [sys.executable, "-c", "import typer; from cxr_max.teachers.cli import register; "
-           "app = typer.Typer(); register(app); app()"]
+    cli = [sys.executable, "-m", "cxr_max.cli"]  # the real `cxr-max` command
     server = subprocess.Popen([*cli, "serve-teachers", "--root", str(world_root), "--port", "0",
                                "--port-file", str(port_file)], env=env, stdout=subprocess.PIPE, text=True)
     try:
