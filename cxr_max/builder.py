@@ -33,9 +33,9 @@ import pyarrow.compute as pc
 
 from cxr_max.errors import DataError, SkipLog, handle, logger
 from cxr_max.labels import CHEXPERT_LABELS, MS_CXR_T_FINDINGS, label_key
-from cxr_max.trajectories.io import drop_bookkeeping, list_trajectory_files, read_trajectory_file, resolve_duplicates
+from cxr_max.trajectories.io import list_trajectory_files, read_trajectory_file, resolve_duplicates
 from cxr_max.trajectories.prompts import IMAGE_TOKEN
-from cxr_max.trajectories.schema import ARROW_SCHEMA, LABELS_TYPE, LATERALITY_TYPE
+from cxr_max.trajectories.schema import ARROW_SCHEMA, LATERALITY_TYPE
 
 CONFIG_NAMES = ("mimic", "trajectories", "studies", "sft", "apo", "ms_cxr_t")
 OFFICIAL_SPLITS = {"train": "train", "validate": "validation", "test": "test"}
@@ -481,7 +481,7 @@ class CxrMax(datasets.ArrowBasedBuilder):
         return table if keep.all() else table.filter(pa.array(keep))
 
     def _chunk_tables(self, chunk) -> Iterator[pa.Table]:
-        cfg, name = self.config, self.config.name
+        name = self.config.name
         if name == "mimic":
             yield self._mimic_table(chunk)
             return

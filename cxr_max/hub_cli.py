@@ -7,7 +7,6 @@ print one clear line and exit with status 1, without a traceback.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Optional
 

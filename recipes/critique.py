@@ -19,15 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from trl import ModelConfig, TrlParser, get_peft_config  # noqa: E402
+from trl import ModelConfig, TrlParser  # noqa: E402
 
 from cxr_max.training.apo_config import APOConfig  # noqa: E402
 from cxr_max.training.apo_trainer import APOTrainer  # noqa: E402
 from cxr_max.training.devices import cpu_safe  # noqa: E402
-from cxr_max.training.recipe_utils import (  # noqa: E402
-    load_policy, load_processing, load_rows, policy_source, push_if_requested, resolve_resume, save_final,
-    take_hub_push,
-)
+from cxr_max.training.recipe_utils import load_rows, run_stage  # noqa: E402
 
 
 @dataclass
@@ -59,15 +56,8 @@ def main(script_args: CritiqueArguments, training_args: APOConfig, model_args: M
         dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
     dataset = dataset.select_columns([c for c in APO_COLUMNS if c in dataset.column_names])
 
-    push = take_hub_push(training_args)  # one private push of the final model, with cxr_max's card
-    resume = resolve_resume(training_args)
-    model = load_policy(policy_source(model_args.model_name_or_path, resume), model_args, training_args)
-    processing_class = load_processing(model_args.model_name_or_path, training_args.trust_remote_code)
-    trainer = APOTrainer(model, args=training_args, train_dataset=dataset, processing_class=processing_class,
-                         peft_config=get_peft_config(model_args))
-    trainer.train(resume_from_checkpoint=resume)
-    out = save_final(trainer, processing_class, training_args.output_dir, stage='critique', source=model_args.model_name_or_path)
-    push_if_requested(push, out)
+    out, trainer = run_stage(APOTrainer, dataset, training_args, model_args, model_path=model_args.model_name_or_path,
+                             stage="critique")
     if trainer.accelerator.is_main_process:
         print(f"critique: saved the APO student to {out}")
     return out

@@ -13,14 +13,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from trl import DPOConfig, DPOTrainer, ModelConfig, TrlParser, get_peft_config  # noqa: E402
+from trl import DPOConfig, DPOTrainer, ModelConfig, TrlParser  # noqa: E402
 
 from cxr_max.training.devices import cpu_safe  # noqa: E402
 from cxr_max.training.pairwise import expand_pairwise  # noqa: E402
-from cxr_max.training.recipe_utils import (  # noqa: E402
-    load_policy, load_processing, load_rows, policy_source, push_if_requested, resolve_resume, save_final,
-    take_hub_push,
-)
+from cxr_max.training.recipe_utils import load_rows, run_stage  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from critique import APO_COLUMNS, CritiqueArguments  # noqa: E402
@@ -40,15 +37,8 @@ def main(script_args: CritiqueArguments, training_args: DPOConfig, model_args: M
     dataset = dataset.select_columns([c for c in APO_COLUMNS if c in dataset.column_names])
     pairs = expand_pairwise(dataset).remove_columns("rejected_teacher")
 
-    push = take_hub_push(training_args)  # one private push of the final model, with cxr_max's card
-    resume = resolve_resume(training_args)
-    model = load_policy(policy_source(model_args.model_name_or_path, resume), model_args, training_args)
-    processing_class = load_processing(model_args.model_name_or_path, training_args.trust_remote_code)
-    trainer = DPOTrainer(model, args=training_args, train_dataset=pairs, processing_class=processing_class,
-                         peft_config=get_peft_config(model_args))
-    trainer.train(resume_from_checkpoint=resume)
-    out = save_final(trainer, processing_class, training_args.output_dir, stage='dpo', source=model_args.model_name_or_path)
-    push_if_requested(push, out)
+    out, trainer = run_stage(DPOTrainer, pairs, training_args, model_args, model_path=model_args.model_name_or_path,
+                             stage="dpo")
     if trainer.accelerator.is_main_process:
         print(f"dpo_baseline: saved the pairwise-DPO student to {out}")
     return out

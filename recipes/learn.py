@@ -18,14 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config  # noqa: E402
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser  # noqa: E402
 
 from cxr_max.errors import SkipLog  # noqa: E402
 from cxr_max.training.devices import cpu_safe  # noqa: E402
-from cxr_max.training.recipe_utils import (  # noqa: E402
-    drop_refusals, load_policy, load_processing, load_rows, policy_source, push_if_requested, resolve_resume, save_final,
-    take_hub_push, trajectory_texts,
-)
+from cxr_max.training.recipe_utils import drop_refusals, load_rows, run_stage, trajectory_texts  # noqa: E402
 
 
 @dataclass
@@ -70,16 +67,7 @@ def main(script_args: LearnArguments, training_args: SFTConfig, model_args: Mode
             spec = TinyVLMSpec(image_size=script_args.tiny_image_size, patch_size=script_args.tiny_patch_size,
                                vocab_size=script_args.tiny_vocab_size)
             tiny_vlm(trajectory_texts(dataset), model_path, spec=spec, seed=training_args.seed)
-    push = take_hub_push(training_args)  # one private push of the final model, with cxr_max's card
-    resume = resolve_resume(training_args)
-    model = load_policy(policy_source(model_path, resume), model_args, training_args)
-    processing_class = load_processing(model_path, training_args.trust_remote_code)
-
-    trainer = SFTTrainer(model, args=training_args, train_dataset=dataset, processing_class=processing_class,
-                         peft_config=get_peft_config(model_args))
-    trainer.train(resume_from_checkpoint=resume)
-    out = save_final(trainer, processing_class, training_args.output_dir, stage='learn', source=model_path)
-    push_if_requested(push, out)
+    out, trainer = run_stage(SFTTrainer, dataset, training_args, model_args, model_path=model_path, stage="learn")
     if trainer.accelerator.is_main_process:
         if skips.total:
             print(skips.summary())

@@ -15,7 +15,10 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cxr_max.mimic.validate import ValidationReport
 
 import pyarrow as pa
 import pyarrow.compute as pc

@@ -33,7 +33,7 @@ from datasets import Dataset, IterableDataset
 from datasets.fingerprint import Hasher
 from rich.progress import Progress
 from torch.utils.data import DataLoader
-from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import AutoProcessor, PreTrainedModel
 from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import create_model_from_path, get_config_model_id, use_adapter

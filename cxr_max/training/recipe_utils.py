@@ -218,3 +218,22 @@ def push_if_requested(request: dict | None, folder: str, *, datasets=("cxr_max-s
                            datasets=list(datasets), endpoint=endpoint)
     print(f"pushed {folder} to {request['repo_id']} ({'private' if request['private'] else 'public'})")
     return plan
+
+
+def run_stage(trainer_cls, dataset, training_args, model_args, *, model_path: str, stage: str, **trainer_kwargs):
+    """The part every training recipe shares: load, train (resuming if asked), save with lineage, push.
+
+    Returns ``(output_dir, trainer)``. ``model_path`` is the checkpoint the stage starts from.
+    """
+    from trl import get_peft_config
+
+    push = take_hub_push(training_args)  # one private push of the final model, with cxr_max's card
+    resume = resolve_resume(training_args)
+    model = load_policy(policy_source(model_path, resume), model_args, training_args)
+    processing_class = load_processing(model_path, training_args.trust_remote_code)
+    trainer = trainer_cls(model, args=training_args, train_dataset=dataset, processing_class=processing_class,
+                          peft_config=get_peft_config(model_args), **trainer_kwargs)
+    trainer.train(resume_from_checkpoint=resume)
+    out = save_final(trainer, processing_class, training_args.output_dir, stage=stage, source=model_path)
+    push_if_requested(push, out)
+    return out, trainer
