@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-builder venv clean
+.PHONY: demo test bench bench-builder bench-science venv clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,10 +22,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q tests
 
-bench: bench-builder
+# Speed and memory benchmarks (ratios measured side by side; results in benchmarks/results/*.json).
+bench: $(STAMP)
+	$(BIN)/python builders/bench_builder.py
+	$(BIN)/python benchmarks/bench_collector.py
+	$(BIN)/python benchmarks/bench_compare.py
+	$(BIN)/python benchmarks/bench_apo.py
+	$(BIN)/python benchmarks/bench_eval.py
 
 bench-builder: $(STAMP)
 	$(BIN)/python builders/bench_builder.py
+
+# The drift benchmark: teachers vs learn-only vs pairwise DPO vs APO (about an hour on 2 CPU cores).
+bench-science: $(STAMP)
+	$(BIN)/python recipes/benchmark.py
 
 clean:
 	rm -rf $(VENV) outputs
