@@ -42,11 +42,13 @@ class APOArguments:
     critique_config: str = field(default=str(HERE / "configs/critique_tiny.yaml"))
     learn_epochs: float = field(default=1.0, metadata={"help": "Learn-stage epochs (overrides the YAML; the CPU default fits 10 min)."})
     critique_epochs: float = field(default=1.0, metadata={"help": "Critique-stage epochs."})
+    max_steps: int = field(default=-1, metadata={"help": "Cap the steps of learn and critique (smoke runs)."})
     eval_split: str = field(default="test", metadata={"help": "Split the table is computed on."})
     eval_limit: int | None = field(default=None, metadata={"help": "Evaluate on the first N images only."})
     resume_from_checkpoint: bool = field(default=False, metadata={"help": "Resume a killed learn/critique run."})
     force: bool = field(default=False, metadata={"help": "Redo stages whose output exists."})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "Training seed (the synthetic world is always seed 0; "
+                                                   "`cxr-max synth --seed N` + --data_dir for another)."})
 
 
 def stage_args(parser_types, config: str, **overrides) -> tuple:
@@ -62,6 +64,11 @@ def done(folder: Path) -> bool:
 def main(a: APOArguments) -> dict:
     out = Path(a.output_dir)
     t0 = time.perf_counter()
+    if a.data_dir is None:  # the embedded synthetic world; every stage reads the same explicit folders
+        from cxr_max.synthetic import ensure_synthetic
+
+        root = Path(ensure_synthetic())
+        a.data_dir, a.trajectories = str(root / "mimic-cxr-jpg"), a.trajectories or str(root / "trajectories")
     data = {"data_dir": a.data_dir, "trajectories": a.trajectories}
     resume = "true" if a.resume_from_checkpoint else None
 
@@ -70,15 +77,12 @@ def main(a: APOArguments) -> dict:
     if a.force or not done(learn_dir):
         learn.main(*stage_args((learn.LearnArguments, learn.SFTConfig, learn.ModelConfig), a.learn_config,
                                output_dir=learn_dir, seed=a.seed, resume_from_checkpoint=resume,
-                               num_train_epochs=a.learn_epochs, **data))
+                               num_train_epochs=a.learn_epochs, max_steps=a.max_steps, **data))
 
     # 2. compare: a consensus positive per image; every teacher's trajectory a (weighted) negative
-    from cxr_max.synthetic import ensure_synthetic
-
-    root = None if a.data_dir else Path(ensure_synthetic(seed=a.seed))
     prefs = out / "compare"
     if a.force or not any(prefs.glob("preferences*")):
-        run_compare(a.trajectories or root / "trajectories", data_dir=a.data_dir or root / "mimic-cxr-jpg", out=prefs,
+        run_compare(a.trajectories, data_dir=a.data_dir, out=prefs,
                     report_dir=out / "drift_report", consensus=a.consensus, negative_weighting=a.negative_weighting,
                     model_consensus_kwargs={"model": str(learn_dir)} if a.consensus == "model" else None)
 
@@ -88,7 +92,7 @@ def main(a: APOArguments) -> dict:
         critique.main(*stage_args((critique.CritiqueArguments, critique.APOConfig, critique.ModelConfig), a.critique_config,
                                   output_dir=critique_dir, model_name_or_path=learn_dir, preferences=prefs,
                                   data_dir=a.data_dir, seed=a.seed, resume_from_checkpoint=resume,
-                                  num_train_epochs=a.critique_epochs))
+                                  num_train_epochs=a.critique_epochs, max_steps=a.max_steps))
 
     # 4. evaluate: every teacher and the student after each stage, same images, same scoring
     results = evaluate(a, {"student (learn)": learn_dir, "student (APO)": critique_dir})
@@ -101,9 +105,9 @@ def main(a: APOArguments) -> dict:
 def evaluate(a: APOArguments, students: dict[str, Path]) -> dict:
     import cxr_max
 
-    kw = {"data_dir": a.data_dir, "trajectories": a.trajectories, "seed": a.seed}
+    kw = {"data_dir": a.data_dir, "trajectories": a.trajectories}
     split = a.eval_split
-    images = cxr_max.load_dataset("mimic", split=split, views="frontal", data_dir=a.data_dir, seed=a.seed)
+    images = cxr_max.load_dataset("mimic", split=split, views="frontal", data_dir=a.data_dir)
     if a.eval_limit:
         images = images.select(range(min(a.eval_limit, images.num_rows)))
     truth = dict(zip(images["dicom_id"], images["labels"]))

@@ -74,6 +74,8 @@ class BenchArguments:
     batch_size: int = field(default=32, metadata={"help": "Generation batch size."})
     max_new_tokens: int = field(default=192)
     n_boot: int = field(default=1000, metadata={"help": "Bootstrap resamples per interval."})
+    report_only: bool = field(default=False, metadata={"help": "Train nothing: score the students already trained, "
+                                                                    "then write the report."})
 
 
 def stage_done(folder: Path) -> bool:
@@ -160,7 +162,12 @@ class Bench:
         return out
 
     def students(self, base: Path, seed: int, trajectories: str, variants, prefs: dict[str, Path]) -> dict[str, Path]:
-        """Train the students of ``variants`` for one seed (one shared learn stage); returns their folders."""
+        """Train the students of ``variants`` for one seed (one shared learn stage); returns their folders.
+
+        With ``--report_only`` nothing is trained: only the students already saved are returned."""
+        if self.a.report_only:
+            found = {v: base / v for v in variants if stage_done(base / v)}
+            return found
         tag = base.relative_to(self.work).as_posix()
         learn_dir = self.timed(f"{tag}/learn", self.learn, base / "learn", seed, trajectories)
         dirs = {"learn": learn_dir}
@@ -179,7 +186,7 @@ class Bench:
         common = dict(batch_size=a.batch_size, n_boot=a.n_boot, plots=False, generator=gen, model=str(folder))
         m = runner.evaluate(out_dir=out / "test", data=data, seed=seed, **common)
         rec = {"accuracy": m["accuracy"], "label_f1_micro": m["label_f1"]["labels_14"]["micro_f1"],
-               "refusals_or_empty": m["refusals_or_empty"]}
+               "refusals_or_empty": m["refusals_or_empty"], "distinct_label_sets": m["distinct_label_sets"]}
         if shifted is not None:
             rec["shifted"] = runner.evaluate(out_dir=out / "shifted", data=shifted, seed=seed, **common)["accuracy"]
         if consistency:
@@ -209,7 +216,7 @@ class Bench:
         dirs = self.students(base, seed, self.traj, self.a.variants, prefs)
         for v, folder in dirs.items():
             key = f"{v}/seed{seed}"
-            if key not in R["students"]:
+            if "distinct_label_sets" not in R["students"].get(key, {}):  # absent, or scored by an older version
                 R["students"][key] = self.timed(f"eval {key}", self.eval_model, folder, base / "eval" / v, data,
                                                 shifted=shifted, consistency=True, seed=seed)
                 self.save()
@@ -227,14 +234,14 @@ class Bench:
                     shutil.copytree(Path(self.traj) / t, tdir / f".{t}.tmp", dirs_exist_ok=True)
                     (tdir / f".{t}.tmp").rename(tdir / t)
             need = {"drift" if v == "apo-drift" else "uniform" for v in a.sweep_variants if v != "learn"}
-            mprefs = {w: self.timed(f"mix{i}/compare-{w}", self.compare, mdir / f"compare-{w}", str(tdir), w)
-                      for w in need}
+            mprefs = {} if a.report_only else {
+                w: self.timed(f"mix{i}/compare-{w}", self.compare, mdir / f"compare-{w}", str(tdir), w) for w in need}
             for seed in a.sweep_seeds:
                 base = mdir / f"seed{seed}"
                 dirs = self.students(base, seed, str(tdir), a.sweep_variants, mprefs)
                 for v, folder in dirs.items():
                     key = f"{mix}|{v}/seed{seed}"
-                    if key not in R["sweep"]:
+                    if "distinct_label_sets" not in R["sweep"].get(key, {}):
                         R["sweep"][key] = self.timed(f"eval mix{i} {v}/seed{seed}", self.eval_model, folder,
                                                      base / "eval" / v, data, shifted=None, consistency=False, seed=seed)
                         self.save()
@@ -253,6 +260,7 @@ class Bench:
             if shifted.keys != data.keys:
                 raise RuntimeError("the shifted world's test images differ from the default world's")
         R["n_test_images"] = len(data.keys)
+        R["majority_baseline"] = runner.majority_baseline(data.truths, n_boot=a.n_boot)
 
         # 1. teachers (their stored trajectories; the simulator reads the truth, not pixels, so no shifted run)
         R.setdefault("teachers", {})
@@ -266,8 +274,8 @@ class Bench:
                 self.save()
 
         # 2. compare (the world is fixed, so one set of preferences serves every seed)
-        prefs = {w: self.timed(f"compare-{w}", self.compare, self.work / f"compare-{w}", self.traj, w)
-                 for w in ("uniform", "drift")}
+        prefs = {} if a.report_only else {
+            w: self.timed(f"compare-{w}", self.compare, self.work / f"compare-{w}", self.traj, w) for w in ("uniform", "drift")}
 
         # 3. students of the first seed, 4. the robustness sweep, 5. the other seeds (in this order, so that a
         # run cut short still has every claim measured once)

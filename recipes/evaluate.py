@@ -2,7 +2,7 @@
 
     python recipes/evaluate.py --model_name_or_path outputs/apo/critique             # a student, test split
     python recipes/evaluate.py --teacher sim-glm-4.5v                                # a teacher's trajectories
-    python recipes/evaluate.py --model_name_or_path outputs/apo/critique --config ms_cxr_t   # temporal pairs
+    python recipes/evaluate.py --model_name_or_path outputs/apo/critique --dataset_config ms_cxr_t   # temporal pairs
     python recipes/evaluate.py --config my_eval.yaml                                 # every flag from YAML
 
 Writes ``<output_dir>/predictions.jsonl`` (one line per image keyed by dicom_id, appended per batch: a rerun
@@ -29,7 +29,7 @@ from cxr_max.evaluation import runner  # noqa: E402
 class EvaluateArguments:
     model_name_or_path: str | None = field(default=None, metadata={"help": "Checkpoint folder to evaluate."})
     teacher: str | None = field(default=None, metadata={"help": "Evaluate this teacher's stored trajectories instead."})
-    config: str = field(default="mimic", metadata={"help": f"Builder config: {runner.CONFIGS}."})
+    dataset_config: str = field(default="mimic", metadata={"help": f"Builder config: {runner.CONFIGS}."})
     split: str = field(default="test", metadata={"help": "Split (ignored by ms_cxr_t, which has none)."})
     data_dir: str | None = field(default=None, metadata={"help": "MIMIC-CXR-JPG root (None: embedded synthetic)."})
     trajectories: str | None = field(default=None, metadata={"help": "Teacher trajectories (file or folder)."})
@@ -50,7 +50,7 @@ class EvaluateArguments:
 def main(a: EvaluateArguments) -> dict:
     """Evaluate and print the per-finding table; returns the metrics dict (also in metrics.json)."""
     metrics = runner.evaluate(
-        a.model_name_or_path, teacher=a.teacher, out_dir=a.output_dir, config=a.config, split=a.split,
+        a.model_name_or_path, teacher=a.teacher, out_dir=a.output_dir, config=a.dataset_config, split=a.split,
         data_dir=a.data_dir, trajectories=a.trajectories, ms_cxr_t=a.ms_cxr_t, limit=a.limit,
         batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, prompt=a.prompt, do_sample=a.do_sample,
         temperature=a.temperature, seed=a.seed, n_boot=a.n_boot, on_error=a.on_error, plots=a.plots,

@@ -99,7 +99,7 @@ def test_score_answers_bad_inputs():
 def test_runaway_and_empty_predictions_against_reports():
     truth = [{"Pleural Effusion": 1.0}] * 3
     reports = ["Small left pleural effusion."] * 3
-    runaway = " ".join(["effusion"] * 5000)  # orders of magnitude longer than any reference
+    runaway = " ".join(["effusion"] * 600)  # over 100 x the 5-token reference (the cut-off is 50 x)
     with pytest.raises(DataError, match="row 1"):
         runner.score_answers([PRESENT, runaway, PRESENT], truth, reports=reports, n_boot=50)
     with pytest.raises(DataError, match="empty prediction"):
@@ -177,9 +177,20 @@ def test_evaluate_recipe_model_and_ms_cxr_t(world, tiny_model, tmp_path):
     assert len(lines) == 3 and all(isinstance(x["answer"], str) for x in lines)
     assert (tmp_path / "m" / "accuracy.png").stat().st_size > 0
 
-    args = recipe.EvaluateArguments(model_name_or_path=str(tiny_model), config="ms_cxr_t", data_dir=jpg,
+    args = recipe.EvaluateArguments(model_name_or_path=str(tiny_model), dataset_config="ms_cxr_t", data_dir=jpg,
                                     ms_cxr_t=str(world / "ms-cxr-t"), output_dir=str(tmp_path / "t"), limit=2,
                                     max_new_tokens=6, n_boot=50, batch_size=4)
     t = recipe.main(args)
     assert t["ms_cxr_t"]["n"] >= 1
     assert np.isfinite(t["ms_cxr_t"]["avg_top1"]["value"])
+
+
+def test_majority_baseline_and_distinct_answers():
+    truth = [{"Edema": 1.0}, {"Edema": 0.0}, {"Edema": 0.0}, {"Edema": -1.0}]
+    base = runner.majority_baseline(truth, ["Edema"], n_boot=50)
+    assert base["Edema"]["value"] == pytest.approx(2 / 3)  # "no edema" for all: right on the two negatives
+    same = runner.score_answers(["No edema."] * 3, truth[:3], findings=["Edema"], n_boot=50)
+    assert same["distinct_label_sets"] == 1
+    varied = runner.score_answers(["Pulmonary edema.", "No edema.", "Cardiomegaly."], truth[:3], findings=["Edema"],
+                                  n_boot=50)
+    assert varied["distinct_label_sets"] == 3

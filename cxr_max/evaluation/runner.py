@@ -374,7 +374,21 @@ def score_answers(
         if skips is not None:
             skips.merge(local)
     out["refusals_or_empty"] = int(sum(not any(v is not None for v in lab.values()) for lab in labels))
+    # How many different sets of positive findings the answers state: 1 means the same answer for every image
+    # (an image-blind model).
+    out["distinct_label_sets"] = len({tuple(sorted(k for k, v in lab.items() if v == 1.0)) for lab in labels})
     return out
+
+
+def majority_baseline(truths: Sequence[Mapping[str, float | None]], findings: Sequence[str] = TABLE_FINDINGS,
+                      *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Presence accuracy of the best image-blind answer: each finding called present iff most images have it."""
+    calls = {}
+    for f in findings:
+        pos = sum(t.get(f) == 1.0 for t in truths)
+        neg = sum(t.get(f) != 1.0 and t.get(f) != -1.0 for t in truths)
+        calls[f] = 1.0 if pos > neg else 0.0
+    return presence_accuracy([calls] * len(truths), truths, findings, n_boot=n_boot, seed=seed)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -614,6 +628,8 @@ def summarize_benchmark(results: Mapping[str, Any], findings: Sequence[str] = TA
     sweep = {v: {mix: _seed_mean(recs, lambda r: r["accuracy"]["Avg"]["value"]) for mix, recs in mixes.items()}
              for v, mixes in sweep.items()}
     teachers = {t: r["accuracy"] for t, r in results.get("teachers", {}).items()}
+    for v, recs in by_variant.items():
+        students[v]["distinct_label_sets"] = [r.get("distinct_label_sets") for r in recs]
     best_teacher = max(teachers, key=lambda t: teachers[t]["Avg"]["value"]) if teachers else None
     claims: dict[str, Any] = {}
     if best_teacher:
@@ -630,7 +646,8 @@ def summarize_benchmark(results: Mapping[str, Any], findings: Sequence[str] = TA
                 c[f"minus_{other}"] = avg - students[other]["accuracy"]["Avg"]["value"]
         c["shift_drop"] = avg - s["shifted_avg"]["value"]
         claims[v] = c
-    return {"findings": cols, "teachers": teachers, "students": students, "sweep": sweep, "claims": claims}
+    return {"findings": cols, "teachers": teachers, "students": students, "sweep": sweep, "claims": claims,
+            "majority_baseline": results.get("majority_baseline")}
 
 
 def _cell(c: Mapping[str, float]) -> str:
@@ -656,18 +673,23 @@ def write_benchmark_report(results: Mapping[str, Any], out_dir: str | Path,
         lines.append(f"| {t} | " + " | ".join(_cell(acc[c]) for c in cols) + " |")
     for v, st in s["students"].items():
         lines.append(f"| **{names[v]}** | " + " | ".join(_cell(st["accuracy"][c]) for c in cols) + " |")
+    if s["majority_baseline"]:
+        lines.append("| *majority answer (image-blind baseline)* | "
+                     + " | ".join(_cell(s["majority_baseline"][c]) for c in cols) + " |")
     lines += ["", "## With intervals\n",
               "Teachers: 95 % bootstrap interval over images. Students: 95 % t-interval over training seeds "
               "(with 2 seeds it is wide: t = 12.7).\n", metrics_markdown(
                   {**s["teachers"], **{names[v]: st["accuracy"] for v, st in s["students"].items()}}, findings)]
     lines += ["## Claims\n", "| student | Avg | shifted Avg | consistency (prompts) | consistency (samples) | "
-              "sampled Avg | above every teacher | - learn | - dpo |", "|---|---|---|---|---|---|---|---|---|"]
+              "sampled Avg | above every teacher | - learn | - dpo | distinct answers per seed |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for v, st in s["students"].items():
         c = s["claims"][v]
         lines.append(f"| {names[v]} | {fmt_ci(st['accuracy']['Avg'])} | {fmt_ci(st['shifted_avg'])} | "
                      f"{fmt_ci(st['consistency_prompts'])} | {fmt_ci(st['consistency_samples'])} | "
                      f"{fmt_ci(st['sampled_avg'])} | {c.get('above_every_teacher')} | "
-                     f"{c.get('minus_learn', float('nan')):+.3f} | {c.get('minus_dpo', float('nan')):+.3f} |")
+                     f"{c.get('minus_learn', float('nan')):+.3f} | {c.get('minus_dpo', float('nan')):+.3f} | "
+                     f"{st['distinct_label_sets']} |")
     if "best_teacher" in s["claims"]:
         b = s["claims"]["best_teacher"]
         lines.append(f"\nBest teacher: {b['name']} (Avg {b['avg']:.3f}); mean of the teachers' Avg: "
