@@ -220,7 +220,8 @@ async def acollect(
             writers[spec.name] = ShardWriter(out, spec.name, shard)
             summary.repaired_tails += bool(writers[spec.name].repaired_bytes)
         async with aiohttp.ClientSession(connector=connector, json_serialize=json.dumps) as session:
-            flusher = asyncio.create_task(_flush_loop(writers, flush_interval))
+            stop = asyncio.Event()
+            flusher = asyncio.create_task(_flush_loop(writers, flush_interval, stop))
             with progress_bar:
                 runs = [
                     _run_teacher(spec, session, items, tasks, samples, done, writers[spec.name], summary,
@@ -228,11 +229,8 @@ async def acollect(
                     for spec in reg
                 ]
                 await asyncio.gather(*runs)
-            flusher.cancel()
-            try:
-                await flusher
-            except asyncio.CancelledError:
-                pass
+            stop.set()  # let the flusher finish the batch it is writing (never cancel it mid-write)
+            await flusher
     finally:
         for w in writers.values():
             w.close()  # final flush + fsync, also on Ctrl-C
@@ -240,9 +238,12 @@ async def acollect(
     return summary
 
 
-async def _flush_loop(writers: dict[str, ShardWriter], interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
+async def _flush_loop(writers: dict[str, ShardWriter], interval: float, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), interval)
+        except asyncio.TimeoutError:
+            pass
         for w in writers.values():
             lines = w.take()
             if lines:

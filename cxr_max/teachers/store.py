@@ -25,6 +25,7 @@ import fcntl
 import json
 import mmap
 import os
+import threading
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,6 +192,8 @@ class ShardWriter:
             ) from None
         self.repaired_bytes = repair_tail(self.path) if self.path.exists() else 0
         self._f = open(self.path, "a", encoding="utf-8")
+        # Writes run in a worker thread; close() must wait for one in flight (else its lines are lost).
+        self._io = threading.Lock()
         self._pending: list[str] = []
         self.written = 0
 
@@ -208,16 +211,18 @@ class ShardWriter:
     def write_lines(self, lines: list[str]) -> None:
         """Write a batch, flush and fsync (called from a worker thread, one batch at a time)."""
         if lines:
-            self._f.write("".join(lines))
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self.written += len(lines)
+            with self._io:
+                self._f.write("".join(lines))
+                self._f.flush()
+                os.fsync(self._f.fileno())
+                self.written += len(lines)
 
     def flush(self) -> None:
         self.write_lines(self.take())
 
     def close(self) -> None:
         self.flush()
-        self._f.close()
+        with self._io:
+            self._f.close()
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         self._lock.close()
