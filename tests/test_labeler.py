@@ -195,3 +195,15 @@ def test_bad_input_is_a_clear_error():
         label_report(b"No effusion.")  # type: ignore[arg-type]
     with pytest.raises(DataError, match="row 1"):
         label_reports(["No effusion.", None])  # type: ignore[list-item]
+
+
+def test_runaway_text_without_punctuation_is_windowed():
+    """A degenerate generation (a mention repeated without a full stop) is cut into bounded windows
+    (scanning it whole is quadratic: ~16 s for this text), and normal clauses are left whole."""
+    from cxr_max.evaluation.labeler import MAX_CLAUSE_CHARS, _bounded
+
+    text = "the the the cardiomegaly " * 1200
+    pieces = list(_bounded(text))
+    assert "".join(pieces) == text and all(len(p) <= MAX_CLAUSE_CHARS for p in pieces) and len(pieces) > 20
+    assert list(_bounded("no pleural effusion or pneumothorax")) == ["no pleural effusion or pneumothorax"]
+    assert label_report(text)["Cardiomegaly"] == 1.0

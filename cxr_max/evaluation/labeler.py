@@ -467,6 +467,29 @@ def _clause_findings(clause: str) -> tuple[tuple[tuple[str, float | None], ...],
     return tuple(statuses), tuple(sides)
 
 
+MAX_CLAUSE_CHARS = 600  # no real clause is this long; degenerate generations (no punctuation) are
+
+
+def _bounded(clause: str):
+    """The clause, or for a degenerate run-on longer than MAX_CLAUSE_CHARS, windows of it cut at spaces.
+
+    Rules scan the text around each mention in its clause, so cost grows with mentions x clause length;
+    a model that repeats "cardiomegaly" 1,000 times without a full stop would take minutes. Clauses of
+    normal length are untouched, so labels of real text do not change.
+    """
+    if len(clause) <= MAX_CLAUSE_CHARS:
+        yield clause
+        return
+    start = 0
+    while start < len(clause):
+        end = start + MAX_CLAUSE_CHARS
+        if end < len(clause):
+            cut = clause.rfind(" ", start + 1, end)
+            end = cut if cut > start else end
+        yield clause[start:end]
+        start = end
+
+
 _SIDED = frozenset(LATERAL_FINDINGS)
 _RELEVANT = (POSITIVE, UNCERTAIN)
 
@@ -477,8 +500,8 @@ def _label_body(body: str) -> LabelResult:
     labels: dict[str, float | None] = dict.fromkeys(CHEXPERT_LABELS)
     sides: dict[str, set[str]] = {name: set() for name in LATERAL_FINDINGS}
     rank = _AGG_RANK
-    for cs, ce in zip(starts, ends):
-        statuses, clause_sides = _clause_findings(body[cs:ce])
+    for clause in (piece for cs, ce in zip(starts, ends) for piece in _bounded(body[cs:ce])):
+        statuses, clause_sides = _clause_findings(clause)
         for name, status in statuses:
             if rank[status] > rank[labels[name]]:
                 labels[name] = status
