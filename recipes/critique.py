@@ -43,18 +43,23 @@ class CritiqueArguments:
 APO_COLUMNS = ("images", "prompt", "chosen", "rejected", "rejected_teachers", "rejected_weights")
 
 
-def main(script_args: CritiqueArguments, training_args: APOConfig, model_args: ModelConfig, dataset=None) -> str:
-    """Run APO from ``model_args.model_name_or_path`` (the learn output); returns the saved folder."""
-    cpu_safe(training_args)
-    if not model_args.model_name_or_path:
-        raise ValueError("critique needs --model_name_or_path: the learn stage's output folder")
+def preference_rows(script_args: CritiqueArguments, dataset=None):
+    """The APO rows (builder ``apo`` config or ``--dataset_path``), capped, with only the columns training uses."""
     if dataset is None:
         dataset = load_rows(script_args.dataset_path, script_args.dataset_config, script_args.split,
                             data_dir=script_args.data_dir, preferences=script_args.preferences,
                             synthetic_patients=script_args.synthetic_patients)
     if script_args.max_train_samples:
         dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
-    dataset = dataset.select_columns([c for c in APO_COLUMNS if c in dataset.column_names])
+    return dataset.select_columns([c for c in APO_COLUMNS if c in dataset.column_names])
+
+
+def main(script_args: CritiqueArguments, training_args: APOConfig, model_args: ModelConfig, dataset=None) -> str:
+    """Run APO from ``model_args.model_name_or_path`` (the learn output); returns the saved folder."""
+    cpu_safe(training_args)
+    if not model_args.model_name_or_path:
+        raise ValueError("critique needs --model_name_or_path: the learn stage's output folder")
+    dataset = preference_rows(script_args, dataset)
 
     out, trainer = run_stage(APOTrainer, dataset, training_args, model_args, model_path=model_args.model_name_or_path,
                              stage="critique")

@@ -17,10 +17,10 @@ from trl import DPOConfig, DPOTrainer, ModelConfig, TrlParser  # noqa: E402
 
 from cxr_max.training.devices import cpu_safe  # noqa: E402
 from cxr_max.training.pairwise import expand_pairwise  # noqa: E402
-from cxr_max.training.recipe_utils import load_rows, run_stage  # noqa: E402
+from cxr_max.training.recipe_utils import run_stage  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from critique import APO_COLUMNS, CritiqueArguments  # noqa: E402
+from critique import CritiqueArguments, preference_rows  # noqa: E402
 
 
 def main(script_args: CritiqueArguments, training_args: DPOConfig, model_args: ModelConfig, dataset=None) -> str:
@@ -28,13 +28,7 @@ def main(script_args: CritiqueArguments, training_args: DPOConfig, model_args: M
     cpu_safe(training_args)
     if not model_args.model_name_or_path:
         raise ValueError("dpo_baseline needs --model_name_or_path: the learn stage's output folder")
-    if dataset is None:
-        dataset = load_rows(script_args.dataset_path, script_args.dataset_config, script_args.split,
-                            data_dir=script_args.data_dir, preferences=script_args.preferences,
-                            synthetic_patients=script_args.synthetic_patients)
-    if script_args.max_train_samples:
-        dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
-    dataset = dataset.select_columns([c for c in APO_COLUMNS if c in dataset.column_names])
+    dataset = preference_rows(script_args, dataset)
     pairs = expand_pairwise(dataset).remove_columns("rejected_teacher")
 
     out, trainer = run_stage(DPOTrainer, pairs, training_args, model_args, model_path=model_args.model_name_or_path,

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_max.errors import DataError
-from cxr_max.trajectories.schema import FIELDS, KEY_FIELDS, normalize_record
+from cxr_max.trajectories.schema import FIELDS, KEY_FIELDS
 
 Key = tuple[str, str, str, int]
 _ORDER = (*KEY_FIELDS, "status", *[f for f in FIELDS if f not in (*KEY_FIELDS, "status")])
@@ -155,22 +155,14 @@ def iter_rows(out_dir: str | Path) -> Iterator[tuple[Path, int, dict[str, Any]]]
 
 
 def read_records(out_dir: str | Path, *, include_failed: bool = False) -> list[dict[str, Any]]:
-    """One record per key under ``out_dir``: ok beats failed, and the latest row of a status wins.
-
-    Failure rows whose key later succeeded are superseded and never returned; keys that only failed
-    are returned (as their latest failure row) when ``include_failed``.
+    """One record per key under ``out_dir``, by the project's one duplicate rule (ok beats failed; among
+    failures the latest wins; two ok rows for a key are an error): :func:`cxr_max.trajectories.io.read_trajectories`.
+    Failure rows whose key later succeeded are never returned; keys that only failed are returned when
+    ``include_failed``.
     """
-    best: dict[Key, tuple[tuple, dict]] = {}
-    for path, line_no, rec in iter_rows(out_dir):
-        try:
-            rec = normalize_record(rec)
-        except ValueError as e:
-            raise DataError(str(e), path=path, row=line_no) from None
-        key = (rec["dicom_id"], rec["teacher"], rec["task"], rec["sample"])
-        rank = (rec["status"] == "ok", rec["collected_at"] or "", str(path), line_no)
-        if key not in best or rank > best[key][0]:
-            best[key] = (rank, rec)
-    out = [rec for _, rec in best.values() if include_failed or rec["status"] == "ok"]
+    from cxr_max.trajectories.io import read_trajectories
+
+    out = read_trajectories(out_dir, include_failed=include_failed).to_pylist()
     out.sort(key=lambda r: (r["teacher"], r["dicom_id"], r["task"], r["sample"]))
     return out
 
