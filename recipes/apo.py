@@ -26,7 +26,13 @@ from trl import TrlParser  # noqa: E402
 import critique  # noqa: E402
 import learn  # noqa: E402
 from cxr_max.drift.compare import run_compare  # noqa: E402
-from cxr_max.evaluation.predict import TABLE_FINDINGS, finding_accuracy, generate_answers  # noqa: E402
+from cxr_max.evaluation.predict import (  # noqa: E402
+    TABLE_FINDINGS,
+    finding_accuracy,
+    generate_answers,
+    image_dependence,
+    one_row_per_image,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -40,7 +46,7 @@ class APOArguments:
     negative_weighting: str = field(default="uniform", metadata={"help": "uniform (paper) | reliability | drift."})
     learn_config: str = field(default=str(HERE / "configs/learn_tiny.yaml"))
     critique_config: str = field(default=str(HERE / "configs/critique_tiny.yaml"))
-    learn_epochs: float = field(default=1.0, metadata={"help": "Learn-stage epochs (overrides the YAML; the CPU default fits 10 min)."})
+    learn_epochs: float | None = field(default=None, metadata={"help": "Learn-stage epochs (None: the learn config's)."})
     critique_epochs: float = field(default=1.0, metadata={"help": "Critique-stage epochs."})
     max_steps: int = field(default=-1, metadata={"help": "Cap the steps of learn and critique (smoke runs)."})
     eval_split: str = field(default="test", metadata={"help": "Split the table is computed on."})
@@ -119,7 +125,11 @@ def evaluate(a: APOArguments, students: dict[str, Path]) -> dict:
     for name, folder in students.items():
         answers = generate_answers(str(folder), images["image"])
         table[name] = finding_accuracy(answers, [truth[d] for d in images["dicom_id"]])
-    return {"split": split, "images": images.num_rows, "findings": list(TABLE_FINDINGS), "accuracy": table}
+    # does each student read the image? its loss on validation answers with the true, another and a black image
+    rows = one_row_per_image(cxr_max.load_dataset("sft", split="validation", **kw), limit=48)
+    pixels = {name: image_dependence(str(folder), rows) for name, folder in students.items()} if len(rows) > 1 else {}
+    return {"split": split, "images": images.num_rows, "findings": list(TABLE_FINDINGS), "accuracy": table,
+            "image_dependence": pixels}
 
 
 def print_table(results: dict, md_path: Path) -> None:
@@ -139,6 +149,14 @@ def print_table(results: dict, md_path: Path) -> None:
         t.add_row(name, *cells, style="bold" if name.startswith("student") else None)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     Console().print(t)
+    pixels = results.get("image_dependence", {})
+    if pixels:
+        lines += ["", "Loss per answer token on validation images (lower is better): with the true image / another "
+                  "image / a black one. Equal values mean the student ignores the pixels.", ""]
+    for name, d in pixels.items():
+        line = f"{name}: {d['true']:.3f} / {d['shuffled']:.3f} / {d['black']:.3f} (gap {d['gap']:+.3f})"
+        print(line)
+        lines.append(f"- {line}")
     md_path.write_text("\n".join(lines) + "\n")
     print(f"results: {md_path.with_suffix('.json')}  ({results.get('wall_seconds', 0):.0f} s)")
 

@@ -57,7 +57,7 @@ class BenchArguments:
     learn_config: str = field(default=str(HERE / "configs/learn_tiny.yaml"))
     critique_config: str = field(default=str(HERE / "configs/critique_tiny.yaml"))
     dpo_config: str = field(default=str(HERE / "configs/dpo_baseline_tiny.yaml"))
-    learn_epochs: float = field(default=1.0, metadata={"help": "Learn-stage epochs."})
+    learn_epochs: float | None = field(default=None, metadata={"help": "Learn-stage epochs (None: the learn config's)."})
     critique_epochs: float = field(default=1.0, metadata={"help": "Preference-stage epochs (DPO and APO alike)."})
     preference_rows: int | None = field(default=64, metadata={"help": "Preference rows per DPO/APO run (None: all)."})
     learn_max_steps: int | None = field(default=None, metadata={"help": "Cap on learn steps (smoke tests)."})

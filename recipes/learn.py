@@ -8,10 +8,16 @@ Rows come from the cxr_max builder's ``sft`` config (refusals excluded by defaul
 Without ``--model_name_or_path`` the embedded tiny LLaVA student is built offline, its tokenizer trained on
 these trajectories. LoRA (``--use_peft``) is merged into the base at the end so the critique stage starts from
 one full model, which is also its reference.
+
+Two options exist for students whose vision side starts untrained (the tiny default sets both in its YAML;
+see ``cxr_max.training.multimodal``): ``--vision_lr`` trains the vision encoder and projector at their own
+learning rate, and ``--align_epochs`` first runs a short feature-alignment pass on captions of the findings
+each teacher reported (LLaVA's stage 1; saved under ``<output_dir>/align``), then the SFT starts from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +28,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser  # noqa: E402
 
 from cxr_max.errors import SkipLog  # noqa: E402
 from cxr_max.training.devices import cpu_safe  # noqa: E402
+from cxr_max.training.multimodal import finding_captions, vision_optimizer  # noqa: E402
 from cxr_max.training.recipe_utils import drop_refusals, load_rows, run_stage, trajectory_texts  # noqa: E402
 
 
@@ -38,8 +45,13 @@ class LearnArguments:
     include_refusals: bool = field(default=False, metadata={"help": "Keep refusals in the SFT data."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
     tiny_image_size: int = field(default=64, metadata={"help": "Tiny student: image side (pixels)."})
-    tiny_patch_size: int = field(default=8, metadata={"help": "Tiny student: patch side (pixels)."})
+    tiny_patch_size: int = field(default=16, metadata={"help": "Tiny student: patch side (pixels)."})
     tiny_vocab_size: int = field(default=1024, metadata={"help": "Tiny student: tokenizer vocabulary size."})
+    vision_lr: float | None = field(default=None, metadata={"help": "Learning rate of the vision encoder and "
+                                    "projector (None: --learning_rate for everything)."})
+    align_epochs: float = field(default=0.0, metadata={"help": "Feature-alignment epochs on teacher-derived finding "
+                                "captions before the SFT (0: none; for students whose vision side starts random)."})
+    align_learning_rate: float = field(default=3e-4, metadata={"help": "Learning rate of the alignment pass."})
 
 
 def main(script_args: LearnArguments, training_args: SFTConfig, model_args: ModelConfig, dataset=None) -> str:
@@ -67,11 +79,35 @@ def main(script_args: LearnArguments, training_args: SFTConfig, model_args: Mode
             spec = TinyVLMSpec(image_size=script_args.tiny_image_size, patch_size=script_args.tiny_patch_size,
                                vocab_size=script_args.tiny_vocab_size)
             tiny_vlm(trajectory_texts(dataset), model_path, spec=spec, seed=training_args.seed)
-    out, trainer = run_stage(SFTTrainer, dataset, training_args, model_args, model_path=model_path, stage="learn")
+    if script_args.align_epochs > 0:
+        model_path = align(dataset, script_args, training_args, model_args, model_path)
+    extra = {"optimizer_cls_and_kwargs": vision_optimizer(training_args, script_args.vision_lr)} \
+        if script_args.vision_lr is not None else {}
+    out, trainer = run_stage(SFTTrainer, dataset, training_args, model_args, model_path=model_path, stage="learn",
+                             **extra)
     if trainer.accelerator.is_main_process:
         if skips.total:
             print(skips.summary())
         print(f"learn: saved the student to {out}")
+    return out
+
+
+def align(dataset, script_args: LearnArguments, training_args: SFTConfig, model_args: ModelConfig,
+          model_path: str) -> str:
+    """Feature alignment: SFT on finding captions (``finding_captions``) into ``<output_dir>/align``.
+
+    Reused when that folder already holds a finished model; ``--resume_from_checkpoint`` resumes it too.
+    """
+    folder = Path(training_args.output_dir) / "align"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    resume = training_args.resume_from_checkpoint
+    if resume and not any(folder.glob("checkpoint-*")):
+        resume = None  # the kill happened after the alignment pass
+    args = dataclasses.replace(training_args, output_dir=str(folder), num_train_epochs=script_args.align_epochs,
+                               learning_rate=script_args.align_learning_rate, push_to_hub=False,
+                               resume_from_checkpoint=resume)
+    out, _ = run_stage(SFTTrainer, finding_captions(dataset), args, model_args, model_path=model_path, stage="align")
     return out
 
 

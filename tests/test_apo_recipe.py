@@ -30,7 +30,11 @@ def test_apo_recipe_end_to_end_and_resume(tmp_path, monkeypatch):
     saved = json.loads((out / "results.json").read_text())
     assert saved["accuracy"]["student (APO)"]["Avg"] == results["accuracy"]["student (APO)"]["Avg"]
     stages = json.loads((out / "critique" / "training_stages.json").read_text())
-    assert [s["name"] for s in stages] == ["learn", "critique"]
+    assert [s["name"] for s in stages] == ["align", "learn", "critique"]  # the tiny student's alignment pass first
+    pixels = saved["image_dependence"]
+    assert set(pixels) == {"student (learn)", "student (APO)"}
+    assert all(d["gap"] == pytest.approx(d["shuffled"] - d["true"]) and d["true"] > 0 for d in pixels.values())
+    assert "another image" in (out / "results.md").read_text()
     # a rerun reuses every stage's output (no retraining): the checkpoints are untouched
     mtime = (out / "critique" / "model.safetensors").stat().st_mtime_ns
     apo.main(apo.APOArguments(**{**args.__dict__}))

@@ -120,3 +120,26 @@ def test_critique_under_accelerate_two_cpu_processes(tmp_path):
     assert f"saved the APO student to {tmp_path / 'ddp'}" in proc.stdout
     assert proc.stdout.count("saved the APO student") == 1  # printed by the main process only
     assert "'win_rate/grok'" in proc.stdout
+
+
+@pytest.mark.slow
+def test_tiny_student_reads_the_pixels(tmp_path):
+    """The default learn recipe (alignment pass + vision learning rate) gives a student whose answers depend on
+    the image: on unseen images its loss is lower with the true image than with another one or a black one."""
+    from cxr_max.evaluation.predict import image_dependence
+
+    rows = _sft_rows(96)  # effusion / cardiomegaly / nothing, visible in the pixels (test_tiny_vlm._image)
+    out = tmp_path / "learn"
+    script, args, model = _parse(learn, CONFIGS / "learn_tiny.yaml", "--output_dir", str(out), "--num_train_epochs", "4",
+                                 "--tiny_image_size", "32", "--tiny_vocab_size", "400", "--save_strategy", "no",
+                                 "--logging_steps", "100")
+    learn.main(script, args, model, dataset=Dataset.from_list(rows[:72]))
+    assert (out / "align" / "config.json").is_file()
+    stages = [s["name"] for s in json.loads((out / "training_stages.json").read_text())]
+    assert stages == ["align", "learn"]
+    fresh = rows[72:]  # new noise; the next row always shows another finding (shift=1)
+    before = image_dependence(str(out / "student-init"), fresh)
+    after = image_dependence(str(out), fresh)
+    print(before, after)
+    assert after["gap"] > 0.02 and after["black"] > after["true"] + 0.02, after
+    assert after["gap"] > 5 * abs(before["gap"]), (before, after)

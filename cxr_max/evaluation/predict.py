@@ -96,3 +96,70 @@ def consistency(answers_by_run: Sequence[Sequence[str]], findings: Sequence[str]
         for f in findings:
             same += len({(run[i] or {}).get(f) == 1.0 for run in runs}) == 1
     return same / (n * len(findings)) if n else float("nan")
+
+
+def image_dependence(model_dir: str, rows: Sequence[Mapping], *, shift: int = 1, batch_size: int = 16) -> dict[str, float]:
+    """Does the student read the image? Mean assistant-token loss on SFT ``rows`` (``images`` + ``messages``)
+    with each row's own image, with another row's image (``shift`` rows on: pass the number of rows per image
+    so the image really differs) and with a black image. A student that ignores the pixels scores the same
+    three times; ``"gap"`` is shuffled minus true (nats per token, > 0 when the true image helps).
+    """
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    tok = getattr(processor, "tokenizer", processor)
+    tok.padding_side = "right"
+    rows = list(rows)
+    if len(rows) <= shift:
+        raise ValueError(f"image_dependence needs more than shift={shift} rows, got {len(rows)}")
+    images = [(r["images"][0]).convert("RGB") for r in rows]
+    texts = [processor.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+    prompts = [processor.apply_chat_template([m for m in r["messages"] if m["role"] != "assistant"], tokenize=False,
+                                             add_generation_prompt=True) for r in rows]
+
+    def mean_loss(imgs) -> float:
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for s in range(0, len(rows), batch_size):
+                batch = processor(text=texts[s:s + batch_size], images=imgs[s:s + batch_size], return_tensors="pt",
+                                  padding=True)
+                plen = [len(processor(text=[p], images=[im])["input_ids"][0])
+                        for p, im in zip(prompts[s:s + batch_size], imgs[s:s + batch_size])]
+                labels = batch["input_ids"].clone()
+                labels[batch["attention_mask"] == 0] = -100
+                for i, n in enumerate(plen):
+                    labels[i, :n] = -100  # score the answer only
+                logits = model(**batch).logits[:, :-1].float()
+                target = labels[:, 1:]
+                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100,
+                                                        reduction="sum")
+                total += nll.item()
+                count += int((target != -100).sum())
+        return total / max(count, 1)
+
+    true = mean_loss(images)
+    shuffled = mean_loss(images[shift:] + images[:shift])
+    black = mean_loss([Image.new("RGB", im.size) for im in images])
+    return {"true": true, "shuffled": shuffled, "black": black, "gap": shuffled - true}
+
+
+def one_row_per_image(dataset, limit: int | None = None) -> list[dict]:
+    """The first non-refusal SFT row of each image (``dicom_id``), in order, at most ``limit``: rows for
+    :func:`image_dependence` where the next row always shows another image."""
+    from cxr_max.trajectories.parse import is_refusal
+
+    seen: set[str] = set()
+    rows: list[dict] = []
+    for row in dataset:
+        answer = " ".join(p.get("text") or "" for m in row["messages"] if m["role"] == "assistant"
+                          for p in (m["content"] if isinstance(m["content"], list) else [{"text": m["content"]}]))
+        if row["dicom_id"] in seen or is_refusal(answer):
+            continue
+        seen.add(row["dicom_id"])
+        rows.append(row)
+        if limit and len(rows) >= limit:
+            break
+    return rows

@@ -58,17 +58,19 @@ def trajectory_texts(dataset, columns=("messages", "prompt", "chosen", "rejected
     return texts
 
 
+def assistant_text(messages) -> str:
+    """The text of a conversation's assistant turns (content as a string or a list of typed parts)."""
+    parts = []
+    for m in messages:
+        if m.get("role") == "assistant":
+            c = m.get("content")
+            parts.extend([c] if isinstance(c, str) else [p.get("text") or "" for p in c or [] if isinstance(p, dict)])
+    return " ".join(parts)
+
+
 def drop_refusals(dataset, skips: SkipLog | None = None):
     """Remove SFT rows whose assistant turn is a refusal (``is_refusal``); the count goes to ``skips``."""
     from cxr_max.trajectories.parse import is_refusal
-
-    def assistant_text(messages) -> str:
-        parts = []
-        for m in messages:
-            if m.get("role") == "assistant":
-                c = m.get("content")
-                parts.extend([c] if isinstance(c, str) else [p.get("text") or "" for p in c or [] if isinstance(p, dict)])
-        return " ".join(parts)
 
     keep = [not is_refusal(assistant_text(m)) for m in dataset["messages"]]
     n = len(keep) - sum(keep)
@@ -140,6 +142,7 @@ def policy_source(model_path: str, resume: str | None) -> str:
 
 STAGES_FILE = "training_stages.json"
 STAGE_DESCRIPTIONS = {
+    "align": "Feature alignment: SFT on captions of the findings each teacher reported (vision side from scratch).",
     "learn": "Supervised bootstrapping: SFT on the union of all teachers' trajectories (refusals excluded).",
     "critique": "APO: Plackett-Luce preference optimisation, consensus positive against every teacher's trajectory.",
     "dpo": "The authors' released recipe: pairwise DPO on (consensus, teacher) pairs.",
@@ -176,6 +179,9 @@ def save_final(trainer, processing_class, output_dir: str, merge_lora: bool = Tr
             args = trainer.args
             hp = {k: getattr(args, k) for k in _STAGE_HPARAMS if getattr(args, k, None) is not None}
             hp["model_name_or_path"] = source
+            optimizer = getattr(trainer, "optimizer_cls_and_kwargs", None)
+            if optimizer and "vision_lr" in optimizer[1]:
+                hp["vision_lr"] = optimizer[1]["vision_lr"]
             stages.append({"name": stage, "description": STAGE_DESCRIPTIONS.get(stage, stage), "hyperparameters": hp})
             (Path(output_dir) / STAGES_FILE).write_text(json.dumps(stages, indent=2, default=str))
             final = next((h for h in reversed(trainer.state.log_history) if "train_loss" in h), {})

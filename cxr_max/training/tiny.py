@@ -55,7 +55,7 @@ class TinyVLMSpec:
     """Sizes of the tiny student (defaults: about 0.4M parameters plus embeddings, as measured in DESIGN.md)."""
 
     image_size: int = 64
-    patch_size: int = 8
+    patch_size: int = 16
     vision_hidden: int = 96
     vision_layers: int = 3
     vision_heads: int = 4
