@@ -216,10 +216,15 @@ def main() -> None:
                                   capture_output=True, text=True, check=True)
             memory[v] = json.loads(proc.stdout.strip().splitlines()[-1])
 
+    from cxr_max.training.tiny import TinyVLMSpec
+
+    spec = TinyVLMSpec()  # the student _build_student makes
     med = {v: statistics.median(times[v]) for v in variants}
     ratio = med["apo"] / med["dpo_pairwise"]
     result = {
-        "setup": {"student": "tiny LLaVA (CLIP 3x96 + Llama 2x96, 64x64 images, 8x8 patches)", "K": K,
+        "setup": {"student": f"tiny LLaVA (CLIP {spec.vision_layers}x{spec.vision_hidden} + Llama "
+                             f"{spec.text_layers}x{spec.text_hidden}, {spec.image_size}x{spec.image_size} images, "
+                             f"{spec.patch_size}x{spec.patch_size} patches)", "K": K,
                   "prompts_per_step": args.prompts_per_step, "repeats": args.repeats, "warmup": args.warmup,
                   "threads": torch.get_num_threads(),
                   "timed": "collate + training_step (forward+backward), seconds per prompt, median",

@@ -86,3 +86,11 @@ def test_benchmark_pipeline_tiny_world(tmp_path, monkeypatch):
     again = benchmark.main(a)  # resumes: every stage and evaluation is reused
     assert learn_cfg.stat().st_mtime_ns == stamp
     assert again["students"] == res["students"]
+
+
+def test_mean_interval_of_shares_stays_in_bounds():
+    wide = runner.mean_interval([0.95, 1.0])  # t(0.975, 1) = 12.7: the raw interval runs far past 1
+    assert wide["ci_high"] > 1
+    clipped = runner.mean_interval([0.95, 1.0], bounds=(0.0, 1.0))
+    assert clipped["ci_high"] == 1.0 and clipped["ci_low"] == pytest.approx(wide["ci_low"]) and clipped["value"] == 0.975
+    assert runner.mean_interval([0.0, 0.1], bounds=(0.0, 1.0))["ci_low"] == 0.0

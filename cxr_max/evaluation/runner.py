@@ -573,8 +573,11 @@ def metrics_markdown(rows: Mapping[str, Mapping[str, Mapping[str, float]]], find
     return "\n".join(lines) + "\n"
 
 
-def mean_interval(values: Sequence[float]) -> dict[str, float]:
-    """Mean over seeds with a 95 % t-interval (half-width t * sd / sqrt(n)); n=1 gives a zero-width interval."""
+def mean_interval(values: Sequence[float], bounds: tuple[float, float] | None = None) -> dict[str, float]:
+    """Mean over seeds with a 95 % t-interval (half-width t * sd / sqrt(n)); n=1 gives a zero-width interval.
+
+    ``bounds`` clips the interval to the values' range (``(0, 1)`` for shares: with two seeds a t-interval
+    easily runs past them)."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
     if v.size == 0:
         return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
@@ -583,7 +586,10 @@ def mean_interval(values: Sequence[float]) -> dict[str, float]:
     from scipy import stats
 
     half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
-    return {"value": float(v.mean()), "ci_low": float(v.mean() - half), "ci_high": float(v.mean() + half), "n": int(v.size)}
+    low, high = v.mean() - half, v.mean() + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"value": float(v.mean()), "ci_low": float(low), "ci_high": float(high), "n": int(v.size)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -592,13 +598,14 @@ def mean_interval(values: Sequence[float]) -> dict[str, float]:
 
 
 def _seed_mean(recs: Sequence[Mapping[str, Any]], getter: Callable[[Mapping[str, Any]], float]) -> dict[str, float]:
+    """Seed mean of a share (accuracy, agreement): its interval is clipped to [0, 1]."""
     vals = []
     for r in recs:
         try:
             vals.append(getter(r))
         except (KeyError, TypeError):
             continue
-    return mean_interval(vals)
+    return mean_interval(vals, bounds=(0.0, 1.0))
 
 
 def summarize_benchmark(results: Mapping[str, Any], findings: Sequence[str] = TABLE_FINDINGS) -> dict[str, Any]:
