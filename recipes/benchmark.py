@@ -83,6 +83,13 @@ def stage_done(folder: Path) -> bool:
     return (folder / "config.json").is_file()
 
 
+def model_fingerprint(folder: Path) -> str:
+    """Identity of a saved model (name, size and mtime of its weight files). Scores and predictions are
+    reused only for the model they were made with: a retrained student is scored again."""
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
 def resume_flag(folder: Path) -> str | None:
     """``"true"`` when a killed stage left a checkpoint to resume from."""
     return "true" if any(folder.glob("checkpoint-*")) else None
@@ -215,11 +222,21 @@ class Bench:
         R, base = self.results, self.work / f"seed{seed}"
         dirs = self.students(base, seed, self.traj, self.a.variants, prefs)
         for v, folder in dirs.items():
-            key = f"{v}/seed{seed}"
-            if "distinct_label_sets" not in R["students"].get(key, {}):  # absent, or scored by an older version
-                R["students"][key] = self.timed(f"eval {key}", self.eval_model, folder, base / "eval" / v, data,
-                                                shifted=shifted, consistency=True, seed=seed)
-                self.save()
+            self.score(R["students"], f"{v}/seed{seed}", folder, base / "eval" / v, data, shifted=shifted,
+                       consistency=True, seed=seed)
+
+    def score(self, table: dict, key: str, folder: Path, out: Path, data, **kw) -> None:
+        """``table[key] = eval_model(...)`` unless it already holds this very model's scores (same fingerprint,
+        current format); stale predictions of another model under ``out`` are removed first."""
+        fingerprint = model_fingerprint(folder)
+        old = table.get(key, {})
+        if old.get("model_fingerprint") == fingerprint and "distinct_label_sets" in old:
+            return
+        if out.exists():
+            shutil.rmtree(out)
+        table[key] = self.timed(f"eval {key}", self.eval_model, folder, out, data, **kw)
+        table[key]["model_fingerprint"] = fingerprint
+        self.save()
 
     def sweep(self, data) -> None:
         """Robustness: the same recipe on teacher mixes with a growing share of drifting teachers."""
@@ -240,11 +257,8 @@ class Bench:
                 base = mdir / f"seed{seed}"
                 dirs = self.students(base, seed, str(tdir), a.sweep_variants, mprefs)
                 for v, folder in dirs.items():
-                    key = f"{mix}|{v}/seed{seed}"
-                    if "distinct_label_sets" not in R["sweep"].get(key, {}):
-                        R["sweep"][key] = self.timed(f"eval mix{i} {v}/seed{seed}", self.eval_model, folder,
-                                                     base / "eval" / v, data, shifted=None, consistency=False, seed=seed)
-                        self.save()
+                    self.score(R["sweep"], f"{mix}|{v}/seed{seed}", folder, base / "eval" / v, data, shifted=None,
+                               consistency=False, seed=seed)
 
     def run(self) -> dict:
         from cxr_max.synthetic import SIM_TEACHERS, ensure_synthetic

@@ -103,7 +103,7 @@ def align(dataset, script_args: LearnArguments, training_args: SFTConfig, model_
         return str(folder)
     resume = training_args.resume_from_checkpoint
     if resume and not any(folder.glob("checkpoint-*")):
-        resume = None  # the kill happened after the alignment pass
+        resume = None  # killed before the alignment pass saved a checkpoint: start it over
     args = dataclasses.replace(training_args, output_dir=str(folder), num_train_epochs=script_args.align_epochs,
                                learning_rate=script_args.align_learning_rate, push_to_hub=False,
                                resume_from_checkpoint=resume)

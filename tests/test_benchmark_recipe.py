@@ -86,6 +86,15 @@ def test_benchmark_pipeline_tiny_world(tmp_path, monkeypatch):
     again = benchmark.main(a)  # resumes: every stage and evaluation is reused
     assert learn_cfg.stat().st_mtime_ns == stamp
     assert again["students"] == res["students"]
+    # a retrained student (new weights file) is scored again, its old predictions discarded
+    weights = tmp_path / "work" / "seed0" / "dpo" / "model.safetensors"
+    old_print = res["students"]["dpo/seed0"]["model_fingerprint"]
+    weights.write_bytes(weights.read_bytes())
+    assert benchmark.model_fingerprint(weights.parent) != old_print
+    third = benchmark.main(a)
+    assert third["students"]["dpo/seed0"]["model_fingerprint"] == benchmark.model_fingerprint(weights.parent)
+    assert third["students"]["apo-drift/seed0"]["model_fingerprint"] == rec["model_fingerprint"]  # untouched
+    assert third["timings_s"]["eval dpo/seed0"] > res["timings_s"]["eval dpo/seed0"]  # it ran again
 
 
 def test_mean_interval_of_shares_stays_in_bounds():
