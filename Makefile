@@ -33,7 +33,7 @@ bench: $(STAMP)
 bench-builder: $(STAMP)
 	$(BIN)/python builders/bench_builder.py
 
-# The drift benchmark: teachers vs learn-only vs pairwise DPO vs APO (about an hour on 2 CPU cores).
+# The drift benchmark: teachers vs learn-only vs pairwise DPO vs APO (about half an hour on 2 CPU cores).
 bench-science: $(STAMP)
 	$(BIN)/python recipes/benchmark.py
 

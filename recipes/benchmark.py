@@ -1,6 +1,6 @@
 """The drift benchmark: seven simulated drifting teachers, and students trained four ways, on the embedded data.
 
-    python recipes/benchmark.py                                    # default CPU run (~1 h on 2 cores)
+    python recipes/benchmark.py                                    # default CPU run (~30 min on 2 cores)
     python recipes/benchmark.py --seeds 0 1 2 3 --learn_epochs 3   # scale up (GPU)
     python recipes/benchmark.py --config my_bench.yaml             # every flag also works from YAML
 
