@@ -494,6 +494,23 @@ _SIDED = frozenset(LATERAL_FINDINGS)
 _RELEVANT = (POSITIVE, UNCERTAIN)
 
 
+def _resolve_laterality(sides) -> tuple[dict[str, str | None], frozenset[str]]:
+    """One side per lateral finding from the sides its mentions named: none -> None, one -> that side, a
+    "bilateral" mention or both sides -> "bilateral"; both sides without a "bilateral" mention is a conflict."""
+    laterality: dict[str, str | None] = {}
+    conflict = set()
+    for name in LATERAL_FINDINGS:
+        found = set(sides[name])
+        if not found:
+            laterality[name] = None
+        elif "bilateral" in found or len(found) > 1:
+            laterality[name] = "bilateral"
+            if "bilateral" not in found:
+                conflict.add(name)
+        else:
+            laterality[name] = next(iter(found))
+    return laterality, frozenset(conflict)
+
 def _label_body(body: str) -> LabelResult:
     """Label prepared (lower-cased, body-only) text: clause by clause, then aggregated."""
     starts, ends = _clause_bounds(body)
@@ -512,19 +529,8 @@ def _label_body(body: str) -> LabelResult:
         labels[n] in _RELEVANT for n in CHEXPERT_LABELS if n not in ("No Finding", "Support Devices")
     ) else POSITIVE
 
-    laterality: dict[str, str | None] = {}
-    conflict = set()
-    for name in LATERAL_FINDINGS:
-        found = sides[name]
-        if not found:
-            laterality[name] = None
-        elif "bilateral" in found or len(found) > 1:
-            laterality[name] = "bilateral"
-            if "bilateral" not in found:
-                conflict.add(name)
-        else:
-            laterality[name] = next(iter(found))
-    return LabelResult(labels=labels, laterality=laterality, laterality_conflict=frozenset(conflict))
+    laterality, conflict = _resolve_laterality(sides)
+    return LabelResult(labels=labels, laterality=laterality, laterality_conflict=conflict)
 
 
 def label_report_full(text: str) -> LabelResult:

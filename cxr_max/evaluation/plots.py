@@ -32,6 +32,19 @@ def _err(cs: Sequence[Interval]) -> tuple[np.ndarray, np.ndarray]:
     return v, np.nan_to_num(np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)]))
 
 
+def _finish(plt, fig, ax, path: str | Path, *, title: str, ylabel: str, xlabel: str | None = None) -> Path:
+    """The common tail: y range [0, 1.05] (shares), labels, title, tight layout, PNG at 110 dpi, figure closed."""
+    ax.set_ylim(0, 1.05)
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_finding_bars(rows: Mapping[str, Mapping[str, Interval]], path: str | Path, *,
                       findings: Sequence[str] = TABLE_FINDINGS, title: str = "Presence accuracy per finding",
                       ylabel: str = "accuracy") -> Path:
@@ -50,14 +63,8 @@ def plot_finding_bars(rows: Mapping[str, Mapping[str, Interval]], path: str | Pa
                color=colors[k % len(colors)], hatch="//" if student else None, edgecolor="black" if student else None,
                linewidth=0.4, error_kw={"elinewidth": 0.7})
     ax.set_xticks(x, cols, rotation=20, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _finish(plt, fig, ax, path, title=title, ylabel=ylabel)
 
 
 def plot_model_bars(values: Mapping[str, Interval], path: str | Path, *, title: str, ylabel: str,
@@ -72,13 +79,7 @@ def plot_model_bars(values: Mapping[str, Interval], path: str | Path, *, title: 
         ax.axhline(reference, color="tab:red", ls="--", label=reference_label)
         ax.legend(fontsize=8)
     ax.set_xticks(np.arange(len(names)), names, rotation=25, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _finish(plt, fig, ax, path, title=title, ylabel=ylabel)
 
 
 def plot_curves(x: Sequence[float], series: Mapping[str, Sequence[Interval]], path: str | Path, *, title: str,
@@ -92,15 +93,8 @@ def plot_curves(x: Sequence[float], series: Mapping[str, Sequence[Interval]], pa
         ax.errorbar(xs, v, yerr=err, marker="o", capsize=3, label=name)
     if xticklabels is not None:
         ax.set_xticks(xs, xticklabels, fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _finish(plt, fig, ax, path, title=title, ylabel=ylabel, xlabel=xlabel)
 
 
 def plot_paired_bars(left: Mapping[str, Interval], right: Mapping[str, Interval], path: str | Path, *, title: str,
@@ -114,11 +108,5 @@ def plot_paired_bars(left: Mapping[str, Interval], right: Mapping[str, Interval]
         v, err = _err([src[n] for n in names])
         ax.bar(x + (k - 0.5) * 0.38, v, 0.38, yerr=err, capsize=3, label=lab)
     ax.set_xticks(x, names, rotation=25, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _finish(plt, fig, ax, path, title=title, ylabel=ylabel)

@@ -120,17 +120,18 @@ def image_dependence(model_dir: str, rows: Sequence[Mapping], *, shift: int = 1,
     prompts = [processor.apply_chat_template([m for m in r["messages"] if m["role"] != "assistant"], tokenize=False,
                                              add_generation_prompt=True) for r in rows]
 
+    # prompt lengths in tokens, image included: the same for every variant (each keeps the row's image size)
+    prompt_len = [len(processor(text=[p], images=[im])["input_ids"][0]) for p, im in zip(prompts, images)]
+
     def mean_loss(imgs) -> float:
         total, count = 0.0, 0
         with torch.no_grad():
             for s in range(0, len(rows), batch_size):
                 batch = processor(text=texts[s:s + batch_size], images=imgs[s:s + batch_size], return_tensors="pt",
                                   padding=True)
-                plen = [len(processor(text=[p], images=[im])["input_ids"][0])
-                        for p, im in zip(prompts[s:s + batch_size], imgs[s:s + batch_size])]
                 labels = batch["input_ids"].clone()
                 labels[batch["attention_mask"] == 0] = -100
-                for i, n in enumerate(plen):
+                for i, n in enumerate(prompt_len[s:s + batch_size]):
                     labels[i, :n] = -100  # score the answer only
                 logits = model(**batch).logits[:, :-1].float()
                 target = labels[:, 1:]
@@ -141,7 +142,8 @@ def image_dependence(model_dir: str, rows: Sequence[Mapping], *, shift: int = 1,
         return total / max(count, 1)
 
     true = mean_loss(images)
-    shuffled = mean_loss(images[shift:] + images[:shift])
+    others = images[shift:] + images[:shift]
+    shuffled = mean_loss([o if o.size == im.size else o.resize(im.size) for o, im in zip(others, images)])
     black = mean_loss([Image.new("RGB", im.size) for im in images])
     return {"true": true, "shuffled": shuffled, "black": black, "gap": shuffled - true}
 
@@ -149,14 +151,12 @@ def image_dependence(model_dir: str, rows: Sequence[Mapping], *, shift: int = 1,
 def one_row_per_image(dataset, limit: int | None = None) -> list[dict]:
     """The first non-refusal SFT row of each image (``dicom_id``), in order, at most ``limit``: rows for
     :func:`image_dependence` where the next row always shows another image."""
-    from cxr_max.trajectories.parse import is_refusal
+    from cxr_max.trajectories.parse import assistant_text, is_refusal
 
     seen: set[str] = set()
     rows: list[dict] = []
     for row in dataset:
-        answer = " ".join(p.get("text") or "" for m in row["messages"] if m["role"] == "assistant"
-                          for p in (m["content"] if isinstance(m["content"], list) else [{"text": m["content"]}]))
-        if row["dicom_id"] in seen or is_refusal(answer):
+        if row["dicom_id"] in seen or is_refusal(assistant_text(row["messages"])):
             continue
         seen.add(row["dicom_id"])
         rows.append(row)

@@ -85,7 +85,7 @@ def finding_captions(dataset, findings: Sequence[str] | None = None):
     trajectory reports (the labeler reads the teacher's text). The user turn and image are kept."""
     from cxr_max.evaluation.labeler import label_reports
     from cxr_max.evaluation.predict import TABLE_FINDINGS
-    from cxr_max.training.recipe_utils import assistant_text
+    from cxr_max.trajectories.parse import assistant_text
 
     findings = tuple(findings or TABLE_FINDINGS)
     labels = label_reports([assistant_text(m) for m in dataset["messages"]])

@@ -58,19 +58,9 @@ def trajectory_texts(dataset, columns=("messages", "prompt", "chosen", "rejected
     return texts
 
 
-def assistant_text(messages) -> str:
-    """The text of a conversation's assistant turns (content as a string or a list of typed parts)."""
-    parts = []
-    for m in messages:
-        if m.get("role") == "assistant":
-            c = m.get("content")
-            parts.extend([c] if isinstance(c, str) else [p.get("text") or "" for p in c or [] if isinstance(p, dict)])
-    return " ".join(parts)
-
-
 def drop_refusals(dataset, skips: SkipLog | None = None):
     """Remove SFT rows whose assistant turn is a refusal (``is_refusal``); the count goes to ``skips``."""
-    from cxr_max.trajectories.parse import is_refusal
+    from cxr_max.trajectories.parse import assistant_text, is_refusal
 
     keep = [not is_refusal(assistant_text(m)) for m in dataset["messages"]]
     n = len(keep) - sum(keep)

@@ -57,6 +57,16 @@ def is_refusal(text: str) -> bool:
     return bool(_REFUSAL.search(text or ""))
 
 
+def assistant_text(messages) -> str:
+    """The text of a conversation's assistant turns (content as a string or a list of typed parts)."""
+    parts = []
+    for m in messages:
+        if m.get("role") == "assistant":
+            c = m.get("content")
+            parts.extend([c] if isinstance(c, str) else [p.get("text") or "" for p in c or [] if isinstance(p, dict)])
+    return " ".join(parts)
+
+
 def join_answer(reasoning: str, answer: str) -> str:
     """The inverse of :func:`split_answer` in the authors' format: ``<think> r </think>a``."""
     return f"<think> {reasoning.strip()} </think>{answer.strip()}" if reasoning else answer.strip()
