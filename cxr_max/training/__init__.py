@@ -21,6 +21,9 @@ _EXPORTS = {
     "tiny_lm": "cxr_max.training.tiny",
     "train_tokenizer": "cxr_max.training.tiny",
     "TinyVLMSpec": "cxr_max.training.tiny",
+    "tiny_qwen25vl": "cxr_max.training.tiny_qwen",
+    "TinyQwenSpec": "cxr_max.training.tiny_qwen",
+    "qwen_available": "cxr_max.training.tiny_qwen",
     "cpu_safe": "cxr_max.training.devices",
 }
 __all__ = sorted(_EXPORTS)

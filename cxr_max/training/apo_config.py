@@ -20,8 +20,12 @@ class APOConfig(DPOConfig):
 
         ranking (`str`, *optional*, defaults to `"top1"`):
             `"top1"`: the paper's Plackett-Luce top-1 loss ``log(1 + sum_u w_u exp(r_u - r_+))``. `"full"`: the
-            full-ranking Plackett-Luce likelihood of positive > rejected[0] > rejected[1] > ..., for rows whose
-            negatives are ordered best to worst.
+            full-ranking Plackett-Luce likelihood of positive > rejected[0] > rejected[1] > ... (negatives with
+            weight 0 take no part).
+        full_ranking_by (`str`, *optional*, defaults to `"rejected_agreement"`):
+            How `ranking="full"` orders each row's negatives. `"rejected_agreement"`: by their agreement with the
+            consensus (the compare stage writes it per negative), highest first, unknown last; rows without the
+            column are an error. `"given"`: the rows' order, for negatives you ordered best to worst yourself.
         use_negative_weights (`bool`, *optional*, defaults to `True`):
             Use the rows' `rejected_weights` (drift-aware weights from the compare stage). They are normalised to
             mean 1 over each row's negatives, so uniform weights (or rows without weights) give the paper's loss.
@@ -42,6 +46,13 @@ class APOConfig(DPOConfig):
             positive): `"raise"` stops with an error naming the dataset and row; `"skip"` drops the row and counts it
             (summary printed before training). A negative identical to the positive is always dropped from its row
             and counted (it would push the positive down against itself).
+
+        max_truncated_share (`float`, *optional*, defaults to `0.02`):
+            Sequences longer than `max_length` lose the end of their completion -- where a trajectory states its
+            final answer, the part in which the candidates differ. Each cut is counted (`truncated_sequences`) and
+            training stops with an error naming the rows once more than this share of the sequences seen so far
+            was cut (checked from the 50th sequence on; 1.0 disables the check). A prompt (with its image tokens)
+            longer than `max_length` is always an error: image tokens are never cut.
 
         > Parameters that control the reference model
 
@@ -65,6 +76,17 @@ class APOConfig(DPOConfig):
         metadata={"help": "Use rows' rejected_weights (normalised to mean 1 per row; uniform == the paper's loss)."},
     )
     nll_weight: float = field(default=0.0, metadata={"help": "Weight of a per-token NLL term on the positive."})
+    full_ranking_by: str = field(
+        default="rejected_agreement",
+        metadata={"help": "Order of the negatives for ranking='full': 'rejected_agreement' (agreement with the "
+                          "consensus, highest first) or 'given' (the rows' order).",
+                  "choices": ["rejected_agreement", "given"]},
+    )
+    max_truncated_share: float = field(
+        default=0.02,
+        metadata={"help": "Stop when more than this share of sequences had the end of their completion cut by "
+                          "max_length (1.0: never)."},
+    )
     max_negatives: int = field(default=7, metadata={"help": "Most negatives per prompt."})
     truncate_negatives: bool = field(
         default=False,
@@ -85,6 +107,10 @@ class APOConfig(DPOConfig):
         super().__post_init__()
         if self.ranking not in ("top1", "full"):
             raise ValueError(f"ranking must be 'top1' or 'full', not {self.ranking!r}")
+        if self.full_ranking_by not in ("rejected_agreement", "given"):
+            raise ValueError(f"full_ranking_by must be 'rejected_agreement' or 'given', not {self.full_ranking_by!r}")
+        if not 0.0 <= self.max_truncated_share <= 1.0:
+            raise ValueError(f"max_truncated_share must be in [0, 1], got {self.max_truncated_share}")
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {self.on_error!r}")
         if self.max_negatives < 1:

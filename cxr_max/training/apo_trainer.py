@@ -12,9 +12,19 @@ Rows (``datasets.Dataset``), text-only or with images::
      "rejected": [[messages], ...] or [str, ...], "rejected_teachers": [str, ...] (optional),
      "rejected_weights": [float, ...] (optional)}
 
-Reference model, in order of precedence: ``ref_model`` passed in or ``APOConfig.ref_model_path`` (frozen copy);
-``precompute_ref_log_probs=True`` (log-probs computed once by the starting policy and cached to parquet, so the
+Reference model, in order of precedence: ``ref_model`` passed in or ``APOConfig.ref_model_path`` (frozen copy,
+loaded in the policy's dtype and attention implementation, no device map); ``precompute_ref_log_probs=True``
+(log-probs computed once by the starting policy -- or by the given reference -- and cached to parquet, so the
 critique stage holds one model); a PEFT policy (adapter disabled); otherwise a copy of the policy's checkpoint.
+A resumed full fine-tune must pass the *learn* model as ``ref_model``/``ref_model_path`` (the recipes do: see
+``cxr_max.training.recipe_utils.run_stage``), or the copy would be the checkpoint being resumed.
+
+TRL internals this subclass relies on (``trl`` is pinned to the tested minor release; ``tests/test_trl_contract.py``
+fails naming the internal when a new TRL changes one): ``DPOTrainer._precompute_ref_logps`` (overridden, called
+by ``DPOTrainer.__init__``), ``_precompute_model_hash`` and ``_precompute_engine`` (set by ``__init__``),
+``_metrics`` (``{"train"|"eval": defaultdict(list)}``, averaged by ``log``), the fused LM head
+(``model(..., labels=, fused_lm_head=True).log_probs``), ``trl.models.prepare_deepspeed`` and
+``loss_is_scaled_for_ga = False`` (the loss is per micro-batch; ``Trainer`` scales it for gradient accumulation).
 """
 
 from __future__ import annotations
@@ -28,13 +38,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from accelerate.utils import is_peft_model
+from accelerate.utils import broadcast_object_list, is_peft_model
 from datasets import Dataset, IterableDataset
 from datasets.fingerprint import Hasher
 from rich.progress import Progress
 from torch.utils.data import DataLoader
 from transformers import AutoProcessor, PreTrainedModel
 from trl import DPOTrainer
+from trl.models import prepare_deepspeed
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import create_model_from_path, get_config_model_id, use_adapter
 
@@ -63,9 +74,23 @@ def _completion_text(completion: Any) -> str:
     return "".join(parts)
 
 
+def _agreement_order(agreement: list | None, keep: list[int]) -> list[int]:
+    """``keep`` sorted by agreement with the consensus, highest first (``None`` = unknown, last; stable)."""
+    def key(i):
+        a = agreement[i] if agreement is not None and i < len(agreement) else None
+        return -float("inf") if a is None or a != a else float(a)
+
+    return sorted(keep, key=key, reverse=True)
+
+
 def validate_apo_rows(dataset: Dataset | IterableDataset, args: APOConfig, name: str = "train",
                       skips: SkipLog | None = None) -> Dataset | IterableDataset:
     """Check and normalise APO rows; returns the dataset with ``apo_index`` and complete teacher/weight columns.
+
+    With ``ranking="full"`` and ``full_ranking_by="rejected_agreement"`` each row's negatives are reordered by
+    their agreement with the consensus (the compare stage's ``rejected_agreement``), highest first, so the full
+    Plackett-Luce likelihood trains positive > closest teacher > ... > farthest teacher; rows without that column
+    are an error (``full_ranking_by="given"`` trusts the rows' own order).
 
     Bad rows (no negatives, an empty completion, more than ``max_negatives`` negatives without
     ``truncate_negatives``, teacher/weight lists of the wrong length, every negative identical to the positive)
@@ -104,6 +129,8 @@ def validate_apo_rows(dataset: Dataset | IterableDataset, args: APOConfig, name:
                 problem = (f"row has {len(keep)} negatives, more than max_negatives={args.max_negatives} "
                            "(set truncate_negatives=True to keep the first max_negatives)")
             else:
+                if order_by_agreement:
+                    keep = _agreement_order(row.get("rejected_agreement"), keep)
                 if len(keep) > args.max_negatives:
                     skips.add(f"negatives truncated to max_negatives={args.max_negatives}", f"{where}:{idx}")
                     keep = keep[: args.max_negatives]
@@ -120,10 +147,16 @@ def validate_apo_rows(dataset: Dataset | IterableDataset, args: APOConfig, name:
             out["rejected_weights"] = [1.0] * k
         return out
 
-    columns = [c for c in ("prompt", "chosen", "rejected", "rejected_teachers", "rejected_weights")
+    order_by_agreement = args.ranking == "full" and args.full_ranking_by == "rejected_agreement"
+    columns = [c for c in ("prompt", "chosen", "rejected", "rejected_teachers", "rejected_weights",
+                           *(("rejected_agreement",) if order_by_agreement else ()))
                if c in (dataset.column_names or [])]
     if "rejected" not in columns or "chosen" not in columns or "prompt" not in columns:
         raise DataError(f"APO rows need prompt, chosen and rejected columns; got {dataset.column_names}", path=where)
+    if order_by_agreement and "rejected_agreement" not in columns:
+        raise DataError("ranking='full' orders each row's negatives by their agreement with the consensus, but the "
+                        "rows have no rejected_agreement column (the compare stage's preferences.jsonl has it); set "
+                        "full_ranking_by='given' if the negatives are already ordered best to worst", path=where)
     kwargs = {"desc": f"Validating {name} APO rows"} if isinstance(dataset, Dataset) else {}
 
     def fix_input(*values_and_idx):
@@ -162,7 +195,7 @@ class APOTrainer(DPOTrainer):
             raise TypeError(f"APOTrainer needs an APOConfig, got {type(args).__name__}")
         self.skips = SkipLog()
         if ref_model is None and args.ref_model_path:
-            ref_model = self._load_reference(args.ref_model_path, args)
+            ref_model = self._load_reference(args.ref_model_path, args, None if isinstance(model, str) else model)
         # DPOTrainer treats datasets with an "images" column as vision datasets and refuses precomputed reference
         # log-probs for them; our collator handles images itself, so the column travels under another name.
         train_dataset = self._rename_images(train_dataset)
@@ -177,7 +210,8 @@ class APOTrainer(DPOTrainer):
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         if data_collator is None:
-            data_collator = DataCollatorForAPO(processing_class, max_length=args.max_length)
+            data_collator = DataCollatorForAPO(processing_class, max_length=args.max_length,
+                                               max_truncated_share=args.max_truncated_share)
         self._teacher_metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         super().__init__(model, ref_model=ref_model, args=args, data_collator=data_collator,
                          train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -189,6 +223,9 @@ class APOTrainer(DPOTrainer):
                 f"policy's ({self.model.config.get_text_config().vocab_size})",
                 path=args.ref_model_path or "ref_model",
             )
+        if args.precompute_ref_log_probs and self.ref_model is not None and not self.is_fsdp_enabled:
+            # every reference log-prob is cached in the datasets: the frozen copy is not needed for training
+            self.ref_model = None
         if self.skips.total:
             print(f"APO data: {self.skips.summary()}")
 
@@ -206,13 +243,21 @@ class APOTrainer(DPOTrainer):
         return dataset
 
     @staticmethod
-    def _load_reference(path: str, args: APOConfig) -> PreTrainedModel:
+    def _load_reference(path: str, args: APOConfig, policy: PreTrainedModel | None = None) -> PreTrainedModel:
+        """The frozen reference from ``path``, built like the policy (TRL's rule for its own copy): the policy's
+        dtype and attention implementation, and no device map (``device_map="auto"`` would spread a copy over all
+        GPUs on every rank; the trainer places the reference itself)."""
         folder = Path(path)
         if not (folder / "config.json").is_file():
             raise DataError("reference checkpoint not found (no config.json); pass the learn-stage output folder",
                             path=path)
         kwargs = dict(args.model_init_kwargs or {})
         kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+        if policy is not None:
+            kwargs["dtype"] = policy.dtype
+            kwargs["attn_implementation"] = policy.config._attn_implementation
+        kwargs.setdefault("dtype", "auto")
+        kwargs["device_map"] = None
         return create_model_from_path(str(folder), **kwargs)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -272,10 +317,17 @@ class APOTrainer(DPOTrainer):
         return Path(self.args.output_dir) / f"ref_logps_{name}.parquet"
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
-        """Reference log-probs of every candidate, computed once by the starting model and cached to parquet."""
+        """Reference log-probs of every candidate, computed once by the starting model and cached to parquet.
+
+        Keeps TRL's safeguards: rank 0's cache fingerprint is broadcast (under ZeRO-3 every rank hashes its own
+        shard), the forwards run under ``accelerator.autocast()``, and under DeepSpeed through one inference engine
+        (:meth:`_precompute_model`).
+        """
         if isinstance(dataset, IterableDataset):
             raise ValueError("precompute_ref_log_probs=True needs a map-style Dataset, not an IterableDataset")
-        fingerprint = Hasher.hash((dataset._fingerprint, self._precompute_model_hash))
+        fingerprint = [Hasher.hash((dataset._fingerprint, self._precompute_model_hash))]
+        broadcast_object_list(fingerprint, from_process=0)
+        fingerprint = fingerprint[0]
         path = self._ref_cache_path(name)
         if not path.is_file():
             self._write_ref_cache(dataset, name, batch_size, path, fingerprint)
@@ -298,28 +350,51 @@ class APOTrainer(DPOTrainer):
             dataset = dataset.remove_columns("ref_logps")
         return dataset.add_column("ref_logps", values)
 
+    def _precompute_model(self):
+        """The model the reference forwards of the precompute run through.
+
+        The frozen reference when there is one, else the policy. The precompute runs before ``Trainer`` prepares
+        the policy, so under DeepSpeed its parameters are still on the CPU (ZeRO-1/2) or sharded (ZeRO-3): then
+        the policy is wrapped once in a DeepSpeed inference engine (``trl.models.prepare_deepspeed``, as TRL's own
+        precompute does) and the engine is reused by every later precompute pass.
+        """
+        if self.ref_model is None and self.is_deepspeed_enabled:
+            if getattr(self, "_precompute_engine", None) is None:
+                self._precompute_engine = prepare_deepspeed(self.model, self.accelerator)
+            return self._precompute_engine
+        return self.ref_model or self.model
+
     def _write_ref_cache(self, dataset, name, batch_size, path: Path, fingerprint: str) -> None:
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False,
                             num_workers=self.args.dataloader_num_workers)
         loader = self.accelerator.prepare(loader)
-        model = self.ref_model or self.model
+        model = self._precompute_model()
         width = 1 + self.args.max_negatives
-        indices, rows = [], []
+        indices, counts, rows = [], [], []
         with Progress(disable=not self.accelerator.is_main_process) as progress:
             task = progress.add_task(f"Reference log-probs ({name})", total=len(loader))
             for batch in loader:
-                with torch.no_grad(), self._reference_context():
+                with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), \
+                        self._reference_context(), self.accelerator.autocast():
                     logps, _ = self._sequence_logps(model, batch)
-                ref = self._by_candidate(logps.float(), batch["candidate_index"])
-                padded = torch.full((ref.shape[0], width), float("nan"), device=ref.device)
-                padded[:, : ref.shape[1]] = torch.where(batch["candidate_index"].to(ref.device) >= 0, ref,
-                                                        torch.full_like(ref, float("nan")))
-                idx, padded = self.accelerator.gather_for_metrics((batch[INDEX_COLUMN].to(ref.device), padded))
+                cand = batch["candidate_index"].to(logps.device)
+                ref = self._by_candidate(logps.float(), cand)
+                padded = torch.zeros((ref.shape[0], width), device=ref.device)  # explicit counts, no sentinel
+                padded[:, : ref.shape[1]] = ref
+                n = (cand >= 0).sum(dim=1)
+                idx, n, padded = self.accelerator.gather_for_metrics((batch[INDEX_COLUMN].to(ref.device), n, padded))
                 indices.extend(idx.cpu().tolist())
+                counts.extend(n.cpu().tolist())
                 rows.extend(padded.cpu().tolist())
                 progress.advance(task)
+        values = [row[:n] for row, n in zip(rows, counts)]
+        for i, row in zip(indices, values):
+            bad = [j for j, v in enumerate(row) if not torch.isfinite(torch.tensor(v))]
+            if bad:
+                raise FloatingPointError(
+                    f"reference log-prob of candidate {bad[0]} (0 = chosen) is {row[bad[0]]} in {name} dataset row "
+                    f"{i}: the reference model produces non-finite values on this row; check the row and the model")
         if self.accelerator.is_main_process:
-            values = [[v for v in row if v == v] for row in rows]  # drop the NaN padding
             table = pa.table({INDEX_COLUMN: pa.array(indices, pa.int64()),
                               "ref_logps": pa.array(values, pa.list_(pa.float32()))})
             table = table.replace_schema_metadata({"fingerprint": fingerprint})
@@ -327,6 +402,32 @@ class APOTrainer(DPOTrainer):
             tmp = path.with_suffix(".tmp")
             pq.write_table(table, tmp)
             os.replace(tmp, path)
+
+    # ------------------------------------------------------------ evaluation
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """``DPOTrainer.evaluate`` for APO rows, including rows with images (``images``/``image`` columns are
+        renamed as for the datasets given at construction)."""
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: self._rename_images(v) for k, v in eval_dataset.items()}
+        elif eval_dataset is not None and not isinstance(eval_dataset, str):
+            eval_dataset = self._rename_images(eval_dataset)
+        return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys,
+                                metric_key_prefix=metric_key_prefix)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation step: ``(loss, rewards, negative_mask)``.
+
+        With ``compute_metrics`` the ``EvalPrediction`` holds ``predictions`` = the implicit rewards ``[N, 1 + K]``
+        (column 0 the positive) and ``label_ids`` = which negatives exist (``1``/``0``; ``-100`` where batches of
+        different ``K`` were padded together), e.g. ``(pred[:, :1] > np.where(labels == 1, pred[:, 1:], -inf))``.
+        """
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        loss = loss.detach()
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, outputs["rewards"].detach(), inputs["negative_mask"].long()
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

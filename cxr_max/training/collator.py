@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 from transformers import ProcessorMixin
+
+from cxr_max.errors import DataError
 from transformers.data.data_collator import DataCollatorMixin
 from trl.data_utils import apply_chat_template, is_conversational, prepare_multimodal_messages
 from trl.trainer.utils import flush_left, pad
@@ -37,15 +39,21 @@ class DataCollatorForAPO(DataCollatorMixin):
     ``negative_mask`` ``[B, K]``, ``negative_weights`` ``[B, K]``, ``apo_index`` ``[B]``,
     ``rejected_teachers`` (list of lists of names) and ``ref_logps`` ``[B, 1 + K]`` when the rows carry them.
 
-    Sequences longer than ``max_length`` are cut (prompt start kept) and counted in ``truncated``; a warning
-    with the running count is logged.
+    Truncation to ``max_length`` never cuts a prompt: a prompt (with its image tokens) that leaves no room for a
+    completion token is a :class:`~cxr_max.errors.DataError` naming the row (bound the image size with the
+    processor's ``max_pixels``, or raise ``max_length``). Longer sequences lose the end of their completion --
+    where the final answer is -- so each cut is counted in ``truncated`` (a warning with the running count is
+    logged), and once more than ``max_truncated_share`` of the sequences seen so far (from the 50th on) were cut,
+    the collator raises ``DataError`` naming the rows instead of training on answers it cannot see.
     """
 
     processing_class: Any
     max_length: int | None = None
     return_tensors: str = "pt"
+    max_truncated_share: float = 0.02
     truncated: int = field(default=0, init=False)
     sequences: int = field(default=0, init=False)
+    truncated_rows: list = field(default_factory=list, init=False)
 
     @property
     def tokenizer(self):
@@ -121,13 +129,34 @@ class DataCollatorForAPO(DataCollatorMixin):
 
         lengths = attention_mask.sum(dim=1)
         self.sequences += len(lengths)
+        rows_of = [int(examples[b].get(INDEX_COLUMN, b)) for b, _ in owners]
+        if self.max_length is not None:
+            prompt_lengths = prompt_mask.sum(dim=1)
+            too_long = torch.nonzero(prompt_lengths >= self.max_length).flatten().tolist()
+            if too_long:
+                s = too_long[0]
+                raise DataError(
+                    f"the prompt (with its image tokens) is {int(prompt_lengths[s])} tokens, leaving no room for the "
+                    f"completion within max_length={self.max_length}; truncating would cut image tokens or the whole "
+                    "answer. Bound the image size (the processor's max_pixels) or raise max_length",
+                    path="APO batch", row=rows_of[s])
         if self.max_length is not None and input_ids.shape[1] > self.max_length:
-            n_cut = int((lengths > self.max_length).sum())
+            cut = torch.nonzero(lengths > self.max_length).flatten().tolist()
+            n_cut = len(cut)
             self.truncated += n_cut
+            self.truncated_rows.extend(sorted({rows_of[s] for s in cut}))
+            lost = int((lengths - self.max_length).clamp(min=0).sum())
             logger.warning(
-                "APO collator: %d sequence(s) in this batch exceed max_length=%d and were truncated "
-                "(%d of %d so far)", n_cut, self.max_length, self.truncated, self.sequences,
+                "APO collator: %d sequence(s) in this batch exceed max_length=%d and lost the end of their completion "
+                "(%d tokens; %d of %d sequences so far)", n_cut, self.max_length, lost, self.truncated, self.sequences,
             )
+            if self.sequences >= 50 and self.truncated > self.max_truncated_share * self.sequences:
+                raise DataError(
+                    f"{self.truncated} of {self.sequences} sequences exceeded max_length={self.max_length} and lost the "
+                    f"end of their completion (the final answer, where the candidates differ): more than "
+                    f"max_truncated_share={self.max_truncated_share}. Raise max_length, bound the image size, or set "
+                    f"max_truncated_share=1.0 to train on cut answers anyway", path="APO rows",
+                    row=sorted(set(self.truncated_rows))[:20])
             input_ids = input_ids[:, : self.max_length]
             attention_mask = attention_mask[:, : self.max_length]
             completion_mask = completion_mask[:, : self.max_length]

@@ -16,7 +16,11 @@ twice the weight counts as two copies of itself in the normaliser. With K = 1 an
 Full ranking (``ranking="full"``): when the negatives are ordered best to worst (column 1 best), the loss is the
 negative log-likelihood of the whole order positive > neg_1 > ... > neg_K under a weighted Plackett-Luce model,
 ``sum_i -log( w_i exp(r_i) / sum_{j >= i} w_j exp(r_j) )`` with the positive's weight fixed at 1. Its first term
-is the top-1 loss.
+is the top-1 loss. A negative with weight 0 (or masked) takes no part at all: it has no stage of its own and adds
+nothing to any denominator, so the loss and its gradients are those of the row without it (a stage term for it
+would be ``-log(0)``, whose gradient pushes that negative *up*). This function trusts the given order;
+:class:`~cxr_max.training.APOTrainer` sorts each row's negatives by their agreement with the consensus first
+(``APOConfig.full_ranking_by``), so "best" means "closest to the consensus".
 
 Everything is computed in float32 with ``logsumexp``/``logcumsumexp``, so large reward gaps neither overflow
 nor produce NaN gradients; masked negatives get a large negative score instead of ``-inf`` for the same reason.
@@ -145,7 +149,8 @@ def apo_loss_terms(
     else:
         # Stage i: -(s_i - logsumexp_{j >= i} s_j); a reversed cumulative logsumexp gives every denominator.
         tail_lse = torch.logcumsumexp(scores.flip(1), dim=1).flip(1)
-        stage_valid = torch.cat([torch.ones_like(negative_mask[:, :1]), negative_mask], dim=1)
+        # zero-weight negatives get no stage term (their score is _MASKED_SCORE, so they are out of every tail too)
+        stage_valid = torch.cat([torch.ones_like(negative_mask[:, :1]), negative_mask & (weights > 0)], dim=1)
         stage = tail_lse - scores
         losses = torch.where(stage_valid, stage, torch.zeros_like(stage)).sum(dim=1)
 
