@@ -19,8 +19,10 @@ used. Parsing lives in :mod:`cxr_max.mimic` and :mod:`cxr_max.trajectories`; thi
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
+import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,17 +32,25 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from datasets.builder import Key
 
 from cxr_max.errors import DataError, SkipLog, handle, logger
 from cxr_max.labels import CHEXPERT_LABELS, MS_CXR_T_FINDINGS, label_key
-from cxr_max.trajectories.io import list_trajectory_files, read_trajectory_file, resolve_duplicates
+from cxr_max.trajectories.io import FULL_SCHEMA, iter_trajectory_batches, list_trajectory_files, resolve_duplicates
 from cxr_max.trajectories.prompts import IMAGE_TOKEN
 from cxr_max.trajectories.schema import ARROW_SCHEMA, LATERALITY_TYPE
 
 CONFIG_NAMES = ("mimic", "trajectories", "studies", "sft", "apo", "ms_cxr_t")
 OFFICIAL_SPLITS = {"train": "train", "validate": "validation", "test": "test"}
 FRONTAL_VIEWS = ("PA", "AP")
+# views="frontal": every frontal projection MIMIC-CXR's ViewPosition uses (AP AXIAL, decubitus PA/AP views),
+# and, where ViewPosition is empty, the images whose ViewCodeSequence_CodeMeaning names a frontal view.
+FRONTAL_VARIANTS = ("PA", "AP", "AP AXIAL", "PA LLD", "PA RLD", "AP LLD", "AP RLD")
+FRONTAL_MEANINGS = ("postero-anterior", "antero-posterior")
 TRAJECTORY_SHARD_ROWS = 20_000  # rows per yielded table when a file is large
+MIMIC_SHARD_ROWS = 2_000  # images per mimic-config shard (a range of the index, not a table slice)
+IMAGES_PER_SHARD = 25_000  # images per trajectory-config shard (at least num_proc shards)
+TEST_LABEL_SOURCES = ("radiologist",)
 MS_CXR_T_FILE = "MS_CXR_T_temporal_image_classification_v1.0.0.csv"
 
 _DESCRIPTIONS = {
@@ -74,9 +84,15 @@ class CxrMaxConfig(datasets.BuilderConfig):
         on_error: "raise" (first bad input raises, naming file and row) or "skip" (counted, summarised).
         mapping: {their_field: canonical_field} for trajectory files in another layout.
         adapter: "ms_swift" for the authors' ms-swift rows.
-        check_images: "verify" (open every image once at build time, so a missing or corrupt file is
-            reported at build, not mid-training), "exists" (only check the file is there) or "none".
+        check_images: which images the rows being built join to are checked, by the worker writing
+            them (an image no row needs is never looked at, so a partial copy builds): "verify" (not
+            empty, a JPEG/PNG signature, the JPEG end-of-image marker, a readable header; catches
+            truncated downloads), "decode" (decode every pixel; slow), "exists" or "none".
             Default: "verify" when images are decoded, "exists" for paths.
+        test_labels: "radiologist" gives the test split the radiologists' labels of
+            ``mimic-cxr-2.1.0-test-set-labeled.csv`` (MIMIC-CXR-JPG 2.1.0) instead of the labeler's.
+        shards: number of image-range shards per split for the trajectory configs (default: one
+            per 25,000 images, at least ``num_proc``); more shards let more DataLoader workers stream.
         seed / synthetic_patients: the synthetic data's seed and size when ``data_dir`` is None.
     """
 
@@ -95,6 +111,9 @@ class CxrMaxConfig(datasets.BuilderConfig):
     mapping: dict | None = None
     adapter: str | None = None
     check_images: str | None = None
+    test_labels: str | None = None
+    shards: int | None = None
+    views_from_meaning: Any = None
     seed: int = 0
     synthetic_patients: int | None = None
 
@@ -113,10 +132,17 @@ class CxrMaxConfig(datasets.BuilderConfig):
             raise ValueError(f"unknown split(s) {sorted(bad)}; MIMIC-CXR's are {list(OFFICIAL_SPLITS)}")
         if self.check_images is None:
             self.check_images = "verify" if self.images == "decode" else "exists"
-        if self.check_images not in ("verify", "exists", "none"):
-            raise ValueError(f"check_images must be 'verify', 'exists' or 'none', not {self.check_images!r}")
+        if self.check_images not in ("verify", "decode", "exists", "none"):
+            raise ValueError(f"check_images must be 'verify', 'decode', 'exists' or 'none', not {self.check_images!r}")
+        if self.test_labels is not None and self.test_labels not in TEST_LABEL_SOURCES:
+            raise ValueError(f"test_labels must be one of {TEST_LABEL_SOURCES} or None, not {self.test_labels!r}")
+        if self.shards is not None and self.shards < 1:
+            raise ValueError(f"shards must be >= 1, not {self.shards}")
         if isinstance(self.views, str):
-            self.views = FRONTAL_VIEWS if self.views.lower() == "frontal" else (self.views,)
+            if self.views.lower() == "frontal":
+                self.views, self.views_from_meaning = FRONTAL_VARIANTS, FRONTAL_MEANINGS
+            else:
+                self.views = (self.views,)
 
     def create_config_id(self, config_kwargs: dict, custom_features=None) -> str:
         # The cache key must change when the input files change, not only when the options do.
@@ -133,7 +159,7 @@ def _inputs_fingerprint(kwargs: dict) -> str:
         p = Path(src).expanduser()
         files = [p] if p.is_file() else sorted(x for x in p.glob("*") if x.is_file()) if p.is_dir() else []
         if key in ("trajectories", "preferences") and p.is_dir():
-            files = list_trajectory_files(p)
+            files = list_trajectory_files(p, foreign=key == "trajectories" and bool(kwargs.get("adapter") or kwargs.get("mapping")))
         for f in files:
             st = f.stat()
             h.update(f"{f}:{st.st_size}:{st.st_mtime_ns};".encode())
@@ -161,7 +187,7 @@ _IDS = {"subject_id": datasets.Value("string"), "study_id": datasets.Value("stri
 _IMAGE_META = {
     "split": datasets.Value("string"),
     "view_position": datasets.Value("string"),
-    "study_datetime": datasets.Value("string"),
+    "study_datetime": datasets.Value("timestamp[us]"),
 }
 
 
@@ -261,11 +287,95 @@ def _message_array(role: str, texts: pa.Array, with_image: bool) -> pa.Array:
     return pa.array(rows)
 
 
-def _datetime_strings(images: pa.Table) -> pa.Array:
+def _datetimes(images: pa.Table) -> pa.Array:
     if "study_datetime" in images.column_names:
-        col = images.column("study_datetime")
-        return pc.cast(col, pa.string()) if not pa.types.is_string(col.type) else col
-    return pa.nulls(images.num_rows, pa.string())
+        return pc.cast(images.column("study_datetime"), pa.timestamp("us"))
+    return pa.nulls(images.num_rows, pa.timestamp("us"))
+
+
+def _write_ipc(path: Path, table: pa.Table) -> None:
+    """Write an Arrow IPC file atomically (workers of other processes may be reading the folder)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    os.replace(tmp, path)
+
+
+def _read_ipc(path: Path) -> pa.Table:
+    with pa.memory_map(str(path)) as src:
+        return pa.ipc.open_file(src).read_all()
+
+
+def _with_test_labels(images: pa.Table, root, source: str) -> pa.Table:
+    """Replace the labels of the test-split images by the radiologists' (null where a study has none)."""
+    from cxr_max.mimic.tables import radiologist_label_struct
+
+    table = root.radiologist_labels()
+    test = pc.fill_null(pc.equal(images.column("split"), "test"), False)
+    theirs = radiologist_label_struct(table, images.column("study_id"))
+    labels = pc.if_else(test, theirs, images.column("labels").combine_chunks())
+    return images.set_column(images.schema.get_field_index("labels"), "labels", labels)
+
+
+_CODE_PACKAGES = ("mimic", "trajectories", "synthetic")
+_CODE_FILES = ("builder.py", "labels.py", "errors.py")
+
+
+def code_digest() -> str:
+    """A fingerprint of every module a build reads (the builder, cxr_max.mimic, cxr_max.trajectories,
+    cxr_max.synthetic, labels, errors): part of the cache key, so a fix in any of them rebuilds."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    files = [here / f for f in _CODE_FILES] + sorted(p for pkg in _CODE_PACKAGES for p in (here / pkg).glob("*.py"))
+    for f in files:
+        h.update(f.relative_to(here).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Image checks (run in the workers, on the images the rows being written join to)
+
+
+def image_problem(path: str | None, level: str) -> str | None:
+    """What is wrong with one image file, or None. ``level``: "exists", "verify" or "decode".
+
+    "verify" checks the file is not empty, starts with a JPEG (or PNG) signature, is readable by
+    PIL and, for a JPEG, ends with the end-of-image marker ``FF D9`` (trailing zero padding allowed):
+    a download cut short fails here. "decode" decodes the pixels in full (slow on real copies).
+    """
+    if not path:
+        return "missing image path"
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return "missing image file"
+    if level == "exists":
+        return None
+    if size == 0:
+        return "empty image file"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(max(0, size - 64))
+            tail = f.read().rstrip(b"\x00")
+    except OSError as e:
+        return f"unreadable image file ({e.strerror})"
+    is_jpeg = head[:2] == b"\xff\xd8"
+    if not is_jpeg and head != b"\x89PNG\r\n\x1a\n" and not head.startswith(b"DICM"):
+        return "not a JPEG or PNG file (bad signature)"
+    if is_jpeg and not tail.endswith(b"\xff\xd9"):
+        return "truncated JPEG (no end-of-image marker)"
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if level == "decode":
+                im.load()
+            else:
+                im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return f"corrupt image file ({e})"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,8 +390,22 @@ class CxrMax(datasets.ArrowBasedBuilder):
     DEFAULT_CONFIG_NAME = "mimic"
 
     def __init__(self, *args, **kwargs):
+        # One code fingerprint for every entry point: cxr_max.load_dataset and datasets.load_dataset("cxr_max")
+        # then share one cache folder, and a change in any module the build reads invalidates it.
+        if kwargs.get("hash") is None:
+            kwargs["hash"] = code_digest()
+        kwargs.setdefault("dataset_name", BUILDER_NAME)
         super().__init__(*args, **kwargs)
         self.config.check()
+
+    # Worker processes get a pickled builder: per-process caches (tables, open zips) stay behind.
+    _PROCESS_LOCAL = ("_index", "_all_ids", "_mimic_root", "_image_checked")
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for k in self._PROCESS_LOCAL:
+            state.pop(k, None)
+        return state
 
     # -- datasets API --------------------------------------------------------------------------
 
@@ -300,42 +424,96 @@ class CxrMax(datasets.ArrowBasedBuilder):
             raise ValueError(f"unknown config {cfg.name!r}; configs: {CONFIG_NAMES}")
         self._resolve_sources()
         self._skips = SkipLog()
-        self._spill_file("", "")  # create the spill folder here, so worker processes share it
+        spill = self._spill_file("", "").parent  # the shared scratch folder, created here so workers share it
         if cfg.name == "ms_cxr_t":
             return [datasets.SplitGenerator(name=datasets.Split.TEST, gen_kwargs={"chunks": [self._ms_cxr_t_table()]})]
         index = self._image_index()
+        # Workers memory-map the index instead of receiving it pickled (a pyarrow slice pickles the whole table).
+        _write_ipc(spill / "index.arrow", index)
+        _write_ipc(spill / "all_ids.arrow", pa.table({"dicom_id": self._all_dicom_ids()}))
+        if cfg.name == "mimic":
+            self._say_if_no_reports()
+        splits = index.column("split").to_numpy(zero_copy_only=False)
         gens = []
+        if cfg.name in ("trajectories", "sft", "studies"):
+            files = [str(f) for f in self._trajectory_files()]
+            plan = {s: self._shard_bounds(index, splits, s) for s in cfg.splits}
+            for mimic_split in cfg.splits:
+                chunks = [{"split": mimic_split, "shard": k, "files": files, "plan": plan}
+                          for k in range(len(plan[mimic_split]) + 1)]
+                gens.append(datasets.SplitGenerator(name=OFFICIAL_SPLITS[mimic_split], gen_kwargs={"chunks": chunks}))
+            return gens
         for mimic_split in cfg.splits:
-            split_images = index.filter(pc.equal(index.column("split"), mimic_split))
+            rows = np.flatnonzero(splits == mimic_split)
             if cfg.name == "mimic":
-                chunks = [split_images.slice(i, 2000) for i in range(0, split_images.num_rows, 2000)] or [split_images]
-                kwargs = {"chunks": chunks}
-            elif cfg.name in ("trajectories", "sft", "studies"):
-                kwargs = {"chunks": [(str(f), mimic_split) for f in self._trajectory_files()]}
+                lo, hi = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
+                chunks = [{"start": s, "stop": min(s + MIMIC_SHARD_ROWS, hi)} for s in range(lo, hi, MIMIC_SHARD_ROWS)]
+                chunks = chunks or [{"start": 0, "stop": 0}]
             else:  # apo
-                kwargs = {"chunks": [(str(f), mimic_split) for f in self._preference_files()]}
-            gens.append(datasets.SplitGenerator(name=OFFICIAL_SPLITS[mimic_split], gen_kwargs=kwargs))
+                chunks = [{"file": str(f), "split": mimic_split} for f in self._preference_files()]
+            gens.append(datasets.SplitGenerator(name=OFFICIAL_SPLITS[mimic_split], gen_kwargs={"chunks": chunks}))
         return gens
 
+    def _shard_bounds(self, index: pa.Table, splits: np.ndarray, split: str) -> list[str]:
+        """dicom_id boundaries cutting one split's images into shards: every record of an image lands in
+        one shard, so grouping (``studies``) and duplicate checks are complete within a worker."""
+        ids = np.sort(index.column("dicom_id").to_numpy(zero_copy_only=False)[splits == split].astype(str))
+        n = self.config.shards or max(1, -(-len(ids) // IMAGES_PER_SHARD), getattr(self, "_num_proc", None) or 1)
+        n = max(1, min(n, len(ids)))
+        return [str(ids[k * len(ids) // n]) for k in range(1, n)]
+
     def _generate_tables(self, chunks) -> Iterator[tuple[Any, pa.Table]]:
-        name = self.config.name
-        if name == "studies":  # needs every teacher of an image together: one pass over all files
-            yield from self._studies_tables(chunks)
-        else:
+        outer, local = getattr(self, "_skips", None), SkipLog()
+        self._skips = local  # this shard's skips; they reach the end-of-build summary through a file
+        try:
             for i, chunk in enumerate(chunks):
                 for j, table in enumerate(self._chunk_tables(chunk)):
                     if table.num_rows:
-                        yield (i, j), table
+                        yield Key(i, j), table
+        finally:
+            self._skips = outer if outer is not None else local
+            self._report_worker_skips(local)
 
-    def _download_and_prepare(self, *args, **kwargs):
-        super()._download_and_prepare(*args, **kwargs)
-        skips = getattr(self, "_skips", None)
+    def _report_worker_skips(self, local: SkipLog) -> None:
+        if not local.total:
+            return
+        if getattr(self, "_preparing", False):
+            import uuid
+
+            path = self._spill_file("", "").parent / f"skips-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"counts": dict(local.counts), "examples": local.examples}))
+            os.replace(tmp, path)
+        else:  # streaming: no end of build; each shard says what it skipped when it is exhausted
+            logger.warning("cxr_max/%s shard: %s", self.config.name, local.summary())
+
+    def _download_and_prepare(self, dl_manager, verification_mode, **prepare_split_kwargs):
+        self._num_proc = prepare_split_kwargs.get("num_proc")
+        self._preparing = True
+        try:
+            super()._download_and_prepare(dl_manager, verification_mode, **prepare_split_kwargs)
+        except datasets.exceptions.DatasetGenerationError as e:
+            cause = e.__cause__
+            while cause is not None and not isinstance(cause, DataError):
+                cause = cause.__cause__
+            if cause is not None:  # bad input: raise the error that names the file and row, not datasets' wrapper
+                raise cause from None
+            raise
+        finally:
+            self._preparing = False
+            skips = getattr(self, "_skips", None)
+            folder = getattr(self, "_spill_dir", None)
+            if skips is not None and folder is not None:
+                for f in sorted(folder.glob("skips-*.json")):
+                    data = json.loads(f.read_text())
+                    skips.merge(SkipLog(counts=collections.Counter(data["counts"]), examples=data["examples"]))
+                    f.unlink()
         if skips is not None and skips.total:  # the explicit end-of-build summary of everything skipped
             logger.warning("cxr_max/%s build: %s", self.config.name, skips.summary())
 
     @property
     def skips(self) -> SkipLog:
-        """What the last build skipped, by reason (empty under on_error="raise" unless policy skips)."""
+        """What the last build skipped, by reason, from every worker (empty unless something was skipped)."""
         return getattr(self, "_skips", SkipLog())
 
     # -- sources -------------------------------------------------------------------------------
@@ -359,13 +537,38 @@ class CxrMax(datasets.ArrowBasedBuilder):
             self._dicom_root = Path(cfg.dicom_dir).expanduser() if cfg.dicom_dir else None
             self._trajectories, self._ms_cxr_t, self._preferences = cfg.trajectories, cfg.ms_cxr_t, cfg.preferences
 
+    def _root(self):
+        """This process's MimicRoot (tables are read once per process; the reports zip opened once)."""
+        root = getattr(self, "_mimic_root", None)
+        if root is None:
+            from cxr_max.mimic import MimicRoot
+
+            root = self._mimic_root = MimicRoot(self._jpg_root, self._dicom_root, labels=self.config.labels,
+                                                on_error=self.config.on_error, skips=self._skips)
+        root.skips = self._skips
+        if root._store is not None:
+            root._store.skips = self._skips
+        return root
+
+    def _say_if_no_reports(self) -> None:
+        """The ``mimic`` config has report columns: say so when this copy has no reports to fill them."""
+        source = self._root().report_source
+        if source is None:
+            where = " or ".join(str(r) for r in (self._dicom_root, self._jpg_root) if r is not None)
+            logger.warning(
+                "cxr_max/mimic: no reports found (looked for mimic-cxr-reports.zip, mimic-cxr-reports.tar.gz and "
+                "files/p??/p*/s*.txt in %s); the report, findings and impression columns will be null%s",
+                where, "" if self._dicom_root else ". Pass dicom_dir=<MIMIC-CXR root> (it holds the reports)",
+            )
+
     def _trajectory_files(self) -> list[Path]:
         if not self._trajectories:
             raise ValueError(
                 f"config {self.config.name!r} needs teacher trajectories: pass trajectories=<file or folder> "
                 "(canonical JSONL/parquet; see the README's 'Trajectory schema')"
             )
-        return list_trajectory_files(self._trajectories)
+        cfg = self.config
+        return list_trajectory_files(self._trajectories, foreign=bool(cfg.adapter or cfg.mapping), warn_json=True)
 
     def _preference_files(self) -> list[Path]:
         if not self._preferences or not Path(self._preferences).exists():
@@ -379,42 +582,79 @@ class CxrMax(datasets.ArrowBasedBuilder):
     # -- images --------------------------------------------------------------------------------
 
     def _image_index(self) -> pa.Table:
-        """Per-image table (ids, split, view, datetime, image path, labels), filtered by the options."""
+        """Per-image table (ids, split, view, datetime, image path, labels), filtered by the options,
+        grouped by split (metadata order within a split). Nothing is checked on disk here."""
         cached = getattr(self, "_index", None)
         if cached is not None:
             return cached
-        from cxr_max.mimic import MimicRoot
-
+        spilled = getattr(self, "_spill_dir", None)
+        if spilled is not None and (spilled / "index.arrow").exists():  # a worker: the main process wrote it
+            self._index = _read_ipc(spilled / "index.arrow")
+            return self._index
         cfg = self.config
-        root = MimicRoot(self._jpg_root, self._dicom_root, labels=cfg.labels)
+        root = self._root()
         images = root.images()
+        if cfg.test_labels:
+            images = _with_test_labels(images, root, cfg.test_labels)
         if cfg.views:
-            images = images.filter(pc.is_in(images.column("view_position"), pa.array(list(cfg.views))))
-        images = images.filter(pc.is_in(images.column("split"), pa.array(list(cfg.splits))))
-        keep = np.ones(images.num_rows, dtype=bool)
-        if cfg.check_images != "none":
-            for i, p in enumerate(images.column("image_path").to_pylist()):
-                problem = _image_problem(p, cfg.check_images == "verify")
-                if problem:
-                    keep[i] = False
-                    handle(DataError(problem, path=p, kind=problem.split(":")[0]), cfg.on_error, self._skips)
-        self._index = images.filter(pa.array(keep)) if not keep.all() else images
-        self._report_root = root
-        return self._index
+            view = images.column("view_position")
+            keep = pc.is_in(view, pa.array(list(cfg.views)))
+            if cfg.views_from_meaning:
+                meaning = root.metadata.column("ViewCodeSequence_CodeMeaning") if (
+                    "ViewCodeSequence_CodeMeaning" in root.metadata.column_names) else pa.nulls(images.num_rows, pa.string())
+                from_meaning = pc.is_in(pc.utf8_lower(meaning), pa.array(list(cfg.views_from_meaning)))
+                keep = pc.or_(pc.fill_null(keep, False), pc.and_(pc.is_null(view), pc.fill_null(from_meaning, False)))
+            images = images.filter(pc.fill_null(keep, False))
+        images = images.filter(pc.fill_null(pc.is_in(images.column("split"), pa.array(list(cfg.splits))), False))
+        order = {s: i for i, s in enumerate(OFFICIAL_SPLITS)}
+        rank = pc.index_in(images.column("split"), pa.array(list(order)))
+        images = images.take(pa.array(np.argsort(rank.to_numpy(zero_copy_only=False), kind="stable")))
+        self._index = images
+        return images
 
-    def _join_images(self, table: pa.Table, split: str | None, *, what: str) -> pa.Table:
+    def _all_dicom_ids(self) -> pa.Array:
+        ids = getattr(self, "_all_ids", None)
+        if ids is None:
+            spilled = getattr(self, "_spill_dir", None)
+            if spilled is not None and (spilled / "all_ids.arrow").exists():
+                ids = _read_ipc(spilled / "all_ids.arrow").column("dicom_id").combine_chunks()
+            else:
+                ids = self._root().metadata.column("dicom_id").combine_chunks()
+            self._all_ids = ids
+        return ids
+
+    def _check_images(self, img: pa.Table, where: list[tuple[str, Any]] | None = None) -> np.ndarray:
+        """Check the images of ``img`` (once per image and process); a mask of the rows to keep.
+
+        A bad image raises under ``on_error="raise"`` (naming the file) or is counted once under "skip".
+        """
+        level = self.config.check_images
+        if level == "none" or not img.num_rows:
+            return np.ones(img.num_rows, dtype=bool)
+        checked: dict = self.__dict__.setdefault("_image_checked", {})
+        paths = img.column("image_path").to_pylist()
+        keep = np.ones(len(paths), dtype=bool)
+        for i, p in enumerate(paths):
+            if p in checked:
+                keep[i] = checked[p]
+                continue
+            problem = image_problem(p, level)
+            checked[p] = problem is None
+            if problem:
+                keep[i] = False
+                hint = ("; pass on_error='skip' to build the rows whose images are present, "
+                        "or check_images='none' to defer the check to decoding") if self.config.on_error == "raise" else ""
+                handle(DataError(problem + hint, path=p, kind=problem.split(" (")[0]), self.config.on_error, self._skips)
+        return keep
+
+    def _join_images(self, table: pa.Table, split: str | None, *, what: str) -> tuple[pa.Table, pa.Table]:
         """Attach image metadata to rows with a ``dicom_id``; rows whose image is unknown are bad input."""
         index = self._image_index()
         pos = pc.index_in(table.column("dicom_id"), index.column("dicom_id"))
         known = pc.is_valid(pos)
         if not pc.all(known).as_py():
             # An id absent from the (filtered) metadata: unknown to MIMIC at all is an error; filtered out is not.
-            all_ids = getattr(self, "_all_ids", None)
-            if all_ids is None:
-                from cxr_max.mimic import MimicRoot
-
-                all_ids = self._all_ids = MimicRoot(self._jpg_root, self._dicom_root, labels=self.config.labels).images().column("dicom_id")
-            unknown = pc.invert(pc.is_in(table.column("dicom_id"), all_ids))
+            unknown = pc.invert(pc.is_in(table.column("dicom_id"), self._all_dicom_ids()))
             for i in np.flatnonzero(unknown.to_numpy(zero_copy_only=False)):
                 where_file = table.column("_file")[i].as_py() if "_file" in table.column_names else what
                 where_row = table.column("_row")[i].as_py() if "_row" in table.column_names else i + 1
@@ -430,100 +670,113 @@ class CxrMax(datasets.ArrowBasedBuilder):
         in_split = pc.equal(img.column("split"), split)
         return table.filter(in_split), img.filter(in_split)
 
-    # -- configs -------------------------------------------------------------------------------
+    # -- trajectories: image-range shards ----------------------------------------------------------
 
-    def _read_trajectories(self, path: str) -> pa.Table:
+    def _shard_rows(self, chunk: dict) -> tuple[pa.Table, pa.Table]:
+        """Every trajectory record of one shard's images (all files), deduplicated, filtered, with image rows.
+
+        Each file is parsed once per build: a worker that parses it spills the rows of the other shards
+        (and splits) to Arrow IPC files, which their shard memory-maps instead of parsing the file again.
+        """
+        split, shard, plan = chunk["split"], chunk["shard"], chunk["plan"]
+        parts = []
+        for path in chunk["files"]:
+            spill = self._spill_file(path, f"{split}#{shard}")
+            if spill.exists():
+                parts.append(_read_ipc(spill))
+                spill.unlink()
+                continue
+            joined = self._parse_and_route(path, plan)
+            for (s, k), part in joined.items():
+                if (s, k) == (split, shard):
+                    parts.append(part)
+                else:
+                    target = self._spill_file(path, f"{s}#{k}")
+                    if not target.exists():
+                        _write_ipc(target, part)
+        parts = [p for p in parts if p.num_rows]
+        if not parts:
+            return FULL_SCHEMA.empty_table(), self._image_index().schema.empty_table()
+        table = pa.concat_tables(parts)
+        img = pa.Table.from_struct_array(table.column("__img").combine_chunks())
+        table = table.drop_columns(["__img"])
+        table, img = self._select_records(table, img)
+        keep = self._check_images(img)
+        if not keep.all():
+            mask = pa.array(keep)
+            table, img = table.filter(mask), img.filter(mask)
+        return table, img
+
+    def _parse_and_route(self, path: str, plan: dict[str, list[str]]) -> dict[tuple[str, int], pa.Table]:
+        """Read one trajectory file (streamed in batches), join its rows to the images, cut by (split, shard)."""
         cfg = self.config
-        table = read_trajectory_file(
-            path, mapping=cfg.mapping, adapter=cfg.adapter, on_error=cfg.on_error, skips=self._skips
-        )
-        if cfg.adapter or cfg.mapping:
-            from cxr_max.trajectories.io import fill_ids_from_metadata
+        out: dict[tuple[str, int], list[pa.Table]] = collections.defaultdict(list)
+        for batch in iter_trajectory_batches(path, mapping=cfg.mapping, adapter=cfg.adapter, on_error=cfg.on_error,
+                                             skips=self._skips):
+            if cfg.adapter or cfg.mapping:
+                from cxr_max.trajectories.io import fill_ids_from_metadata
 
-            table = fill_ids_from_metadata(table, self._image_index())
-        failed = pc.equal(table.column("status"), "failed")
+                batch = fill_ids_from_metadata(batch, self._image_index())
+            traj, img = self._join_images(batch, None, what=path)
+            if not traj.num_rows:
+                continue
+            joined = traj.append_column("__img", pa.StructArray.from_arrays(
+                [c.combine_chunks() for c in img.columns], names=img.column_names))
+            splits = img.column("split").to_numpy(zero_copy_only=False).astype(str)
+            dicom = img.column("dicom_id").to_numpy(zero_copy_only=False).astype(str)
+            for s, bounds in plan.items():
+                in_split = splits == s
+                if not in_split.any():
+                    continue
+                shard_of = np.searchsorted(np.asarray(bounds, dtype=str), dicom, side="right") if bounds else np.zeros(len(dicom), int)
+                for k in np.unique(shard_of[in_split]):
+                    out[(s, int(k))].append(joined.filter(pa.array(in_split & (shard_of == k))))
+        return {key: pa.concat_tables(parts) for key, parts in out.items()}
+
+    def _select_records(self, table: pa.Table, img: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """Duplicates (all copies of a key are in this shard), failed requests, teacher/task/refusal filters."""
+        cfg = self.config
+        table = table.append_column("__i", pa.array(np.arange(table.num_rows)))
+        table = resolve_duplicates(table, on_error=cfg.on_error, skips=self._skips)
+        failed = pc.fill_null(pc.equal(table.column("status"), "failed"), False)
         n_failed = pc.sum(failed).as_py() or 0
         if n_failed:
             self._skips.counts["failed request (status=failed), excluded"] += n_failed
             table = table.filter(pc.invert(failed))
-        table = self._dedupe_across_files(table)
         if cfg.teachers:
             table = table.filter(pc.is_in(table.column("teacher"), pa.array(list(cfg.teachers))))
         if cfg.tasks:
             table = table.filter(pc.is_in(table.column("task"), pa.array(list(cfg.tasks))))
         include_refusals = cfg.include_refusals if cfg.include_refusals is not None else cfg.name != "sft"
         if not include_refusals:
-            refused = table.column("refusal")
+            refused = pc.fill_null(table.column("refusal"), False)
             n = pc.sum(refused).as_py() or 0
             if n:
                 self._skips.counts["refusal, excluded (include_refusals=False)"] += n
                 table = table.filter(pc.invert(refused))
-        return table
+        img = img.take(table.column("__i"))
+        return table.drop_columns(["__i"]), img
 
-    def _dedupe_across_files(self, table: pa.Table) -> pa.Table:
-        """Duplicates within the file are resolved by the reader; across files a key set per process."""
-        table = resolve_duplicates(table, on_error=self.config.on_error, skips=self._skips)
-        seen: dict = self.__dict__.setdefault("_seen_keys", {})
-        keys = list(zip(*(table.column(f).to_pylist() for f in ("dicom_id", "teacher", "task", "sample"))))
-        keep = np.ones(len(keys), dtype=bool)
-        files, rows = table.column("_file").to_pylist(), table.column("_row").to_pylist()
-        for i, k in enumerate(keys):
-            first = seen.get(k)
-            if first is None:
-                seen[k] = (files[i], rows[i])
-            elif first != (files[i], rows[i]):
-                keep[i] = False
-                err = DataError(
-                    f"duplicate record for key {k} (first seen at {first[0]}, row {first[1]})", path=files[i], row=rows[i],
-                    kind="duplicate record (same dicom_id, teacher, task, sample)",
-                )
-                handle(err, self.config.on_error, self._skips)
-        return table if keep.all() else table.filter(pa.array(keep))
+    # -- configs -------------------------------------------------------------------------------
 
     def _chunk_tables(self, chunk) -> Iterator[pa.Table]:
         name = self.config.name
         if name == "mimic":
-            yield self._mimic_table(chunk)
+            yield from self._mimic_tables(chunk["start"], chunk["stop"])
             return
         if name == "ms_cxr_t":
-            yield chunk
+            yield from self._ms_cxr_t_checked(chunk)
             return
-        path, split = chunk
         if name == "apo":
-            yield self._apo_table(path, split)
+            yield self._apo_table(chunk["file"], chunk["split"])
             return
-        for start, (part, img) in enumerate(self._split_part(path, split)):
-            yield self._sft_table(part, img) if name == "sft" else self._trajectory_table(part, img)
-
-    def _split_part(self, path: str, split: str) -> Iterator[tuple[pa.Table, pa.Table]]:
-        """Rows of one trajectory file in one split, with their image rows.
-
-        A file is parsed once: the rows of the other splits are spilled to Arrow IPC files and read
-        back (memory-mapped) when those splits are generated, so memory stays bounded by one file.
-        """
-        spill = self._spill_file(path, split)
-        if spill.exists():
-            with pa.memory_map(str(spill)) as src:
-                joined = pa.ipc.open_file(src).read_all()
-            spill.unlink()
-        else:
-            table = self._read_trajectories(path)
-            traj, img = self._join_images(table, None, what=path)
-            joined = traj.append_column("__img", pa.StructArray.from_arrays(
-                [c.combine_chunks() for c in img.columns], names=img.column_names))
-            splits = img.column("split")
-            for other in self.config.splits:
-                if other == split:
-                    continue
-                part = joined.filter(pc.equal(splits, other))
-                target = self._spill_file(path, other)
-                with pa.OSFile(str(target), "wb") as sink, pa.ipc.new_file(sink, part.schema) as writer:
-                    writer.write_table(part)
-            joined = joined.filter(pc.equal(splits, split))
-        for start in range(0, joined.num_rows, TRAJECTORY_SHARD_ROWS):
-            part = joined.slice(start, TRAJECTORY_SHARD_ROWS)
-            img = pa.Table.from_struct_array(part.column("__img").combine_chunks())
-            yield part.drop_columns(["__img"]), img
+        traj, img = self._shard_rows(chunk)
+        if name == "studies":
+            yield self._studies_table(traj, img)
+            return
+        for start in range(0, traj.num_rows, TRAJECTORY_SHARD_ROWS):
+            part, part_img = traj.slice(start, TRAJECTORY_SHARD_ROWS), img.slice(start, TRAJECTORY_SHARD_ROWS)
+            yield self._sft_table(part, part_img) if name == "sft" else self._trajectory_table(part, part_img)
 
     def _spill_file(self, path: str, split: str) -> Path:
         folder = getattr(self, "_spill_dir", None)
@@ -543,31 +796,39 @@ class CxrMax(datasets.ArrowBasedBuilder):
             "dicom_id": img.column("dicom_id"),
             "split": pc.replace_substring(img.column("split"), "validate", "validation"),
             "view_position": img.column("view_position"),
-            "study_datetime": _datetime_strings(img),
+            "study_datetime": _datetimes(img),
         }
 
-    def _mimic_table(self, img: pa.Table) -> pa.Table:
-        reports, findings, impressions = [], [], []
-        root = self._report_root
-        has_reports = root.reports is not None  # a JPG-only copy has no report text: null columns
-        for subject_id, study_id in zip(img.column("subject_id").to_pylist(), img.column("study_id").to_pylist()):
+    def _mimic_tables(self, start: int, stop: int) -> Iterator[pa.Table]:
+        img = self._image_index().slice(start, stop - start)
+        keep = self._check_images(img)
+        if not keep.all():
+            img = img.filter(pa.array(keep))
+        if not img.num_rows:
+            return
+        root = self._root()
+        has_reports = root.report_source is not None  # a JPG-only copy has no report text: null columns (said once)
+        from cxr_max.mimic import parse_report
+
+        parsed: dict[str, tuple] = {}  # one report read and parse per study, not per image
+        subjects, studies = img.column("subject_id").to_pylist(), img.column("study_id").to_pylist()
+        for subject_id, study_id in zip(subjects, studies):
+            if study_id in parsed or not has_reports:
+                continue
             text = sections = None
             try:
-                text = root.report_text(study_id, subject_id) if has_reports else None
-                if text is not None:
-                    from cxr_max.mimic import parse_report
-
-                    sections = parse_report(text)
+                text = root.report_text(study_id, subject_id)
+                sections = parse_report(text) if text is not None else None
             except DataError as e:
                 handle(e, self.config.on_error, self._skips)
-            reports.append(text)
-            findings.append((sections or {}).get("FINDINGS"))
-            impressions.append((sections or {}).get("IMPRESSION"))
+            parsed[study_id] = (text, (sections or {}).get("FINDINGS"), (sections or {}).get("IMPRESSION"))
+        empty = (None, None, None)
+        rows = [parsed.get(s, empty) for s in studies]
         cols = self._image_meta_columns(img)
         cols["image"] = _image_column(img.column("image_path"), self.config)
-        cols.update(report=pa.array(reports, pa.string()), findings=pa.array(findings, pa.string()),
-                    impression=pa.array(impressions, pa.string()), labels=img.column("labels"))
-        return pa.table(cols)
+        cols.update(report=pa.array([r[0] for r in rows], pa.string()), findings=pa.array([r[1] for r in rows], pa.string()),
+                    impression=pa.array([r[2] for r in rows], pa.string()), labels=img.column("labels"))
+        yield pa.table(cols)
 
     def _trajectory_table(self, traj: pa.Table, img: pa.Table) -> pa.Table:
         cols = self._image_meta_columns(img)
@@ -580,7 +841,9 @@ class CxrMax(datasets.ArrowBasedBuilder):
     def _sft_table(self, traj: pa.Table, img: pa.Table) -> pa.Table:
         user = _message_array("user", pc.fill_null(traj.column("prompt"), IMAGE_TOKEN), with_image=True)
         assistant = _message_array("assistant", traj.column("raw"), with_image=False)
-        messages = pa.array([u + a for u, a in zip(user.to_pylist(), assistant.to_pylist())])
+        system = traj.column("system").to_pylist() if "system" in traj.column_names else [None] * traj.num_rows
+        messages = pa.array([([{"role": "system", "content": [{"type": "text", "text": sy}]}] if sy else []) + u + a
+                             for sy, u, a in zip(system, user.to_pylist(), assistant.to_pylist())])
         images = pa.ListArray.from_arrays(
             pa.array(np.arange(img.num_rows + 1, dtype=np.int32)), _image_column(img.column("image_path"), self.config)
         )
@@ -590,15 +853,9 @@ class CxrMax(datasets.ArrowBasedBuilder):
              "split": pc.replace_substring(img.column("split"), "validate", "validation")}
         )
 
-    def _studies_tables(self, chunks) -> Iterator[tuple[Any, pa.Table]]:
-        if not chunks:
-            return
-        split = chunks[0][1]
-        parts = [self._read_trajectories(path) for path, _ in chunks]
-        table = pa.concat_tables(parts) if parts else ARROW_SCHEMA.empty_table()
-        table, img = self._join_images(table, split, what="trajectories")
+    def _studies_table(self, table: pa.Table, img: pa.Table) -> pa.Table:
         if not table.num_rows:
-            return
+            return pa.table({})
         inner = [f for f in ARROW_SCHEMA.names if f not in ("subject_id", "study_id", "dicom_id", "prompt")]
         order = pc.sort_indices(table, sort_keys=[("dicom_id", "ascending"), ("teacher", "ascending"), ("task", "ascending"), ("sample", "ascending")])
         table, img = table.take(order), img.take(order)
@@ -611,7 +868,7 @@ class CxrMax(datasets.ArrowBasedBuilder):
         cols["image"] = _image_column(first.column("image_path"), self.config)
         cols["labels"] = first.column("labels")
         cols["trajectories"] = pa.ListArray.from_arrays(offsets, structs)
-        yield 0, pa.table(cols)
+        return pa.table(cols)
 
     def _apo_table(self, path: str, split: str) -> pa.Table:
         from cxr_max.trajectories.io import _iter_json_lines, _open_text  # one JSON reader for the project
@@ -636,6 +893,9 @@ class CxrMax(datasets.ArrowBasedBuilder):
             [{"dicom_id": r["dicom_id"], "_file": r["_file"], "_row": r["_row"], "_i": i} for i, r in enumerate(good)]
         )
         table, img = self._join_images(table, split, what=path)
+        keep = self._check_images(img)
+        if not keep.all():
+            table, img = table.filter(pa.array(keep)), img.filter(pa.array(keep))
         rows_kept = [good[i] for i in table.column("_i").to_pylist()]
         prompt = _message_array("user", pa.array([r["prompt"] or IMAGE_TOKEN for r in rows_kept], pa.string()), with_image=True)
         chosen = _message_array("assistant", pa.array([r["chosen"] for r in rows_kept], pa.string()), with_image=False)
@@ -658,7 +918,6 @@ class CxrMax(datasets.ArrowBasedBuilder):
         )
 
     def _ms_cxr_t_table(self) -> pa.Table:
-        from cxr_max.mimic import MimicRoot
         import pyarrow.csv as pacsv
 
         src = Path(self._ms_cxr_t or "")
@@ -679,7 +938,7 @@ class CxrMax(datasets.ArrowBasedBuilder):
             bare = pc.replace_substring_regex(bare, r"\.(jpg|dcm)$", "")
             table = table.set_column(table.schema.get_field_index(c), c, bare)
         self._skips = getattr(self, "_skips", SkipLog())
-        index = MimicRoot(self._jpg_root, self._dicom_root, labels=self.config.labels).images()
+        index = self._root().images()
         cur = pc.index_in(table.column("dicom_id"), index.column("dicom_id"))
         prev = pc.index_in(table.column("previous_dicom_id"), index.column("dicom_id"))
         ok = pc.and_(pc.is_valid(cur), pc.is_valid(prev))
@@ -693,23 +952,16 @@ class CxrMax(datasets.ArrowBasedBuilder):
         for f in MS_CXR_T_FINDINGS:
             c = f"{label_key(f)}_progression"
             cols[c] = pc.cast(table.column(c), pa.string()) if c in table.column_names else pa.nulls(table.num_rows, pa.string())
+        # The paths, for the worker's image check (dropped before writing).
+        cols["__cur"], cols["__prev"] = index.column("image_path").take(cur), index.column("image_path").take(prev)
         return pa.table(cols)
 
-
-def _image_problem(path: str | None, verify: bool) -> str | None:
-    if not path:
-        return "missing image path"
-    if not os.path.isfile(path):
-        return f"missing image file: {path}"
-    if verify:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as im:
-                im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            return f"corrupt image file: {e}"
-    return None
+    def _ms_cxr_t_checked(self, table: pa.Table) -> Iterator[pa.Table]:
+        """The pairs whose two images pass the image check."""
+        keep = self._check_images(pa.table({"image_path": table.column("__cur")}))
+        keep &= self._check_images(pa.table({"image_path": table.column("__prev")}))
+        table = table.drop_columns(["__cur", "__prev"])
+        yield table if keep.all() else table.filter(pa.array(keep))
 
 
 def _preference_problem(r: dict) -> str | None:
@@ -747,8 +999,7 @@ def register_with_datasets() -> None:
         ) from e
     if not isinstance(modules, dict):  # pragma: no cover
         raise RuntimeError("datasets' packaged-module registry changed shape; use cxr_max.load_dataset(...) instead")
-    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    modules[BUILDER_NAME] = (__name__, digest)
+    modules[BUILDER_NAME] = (__name__, code_digest())
     _skip_data_file_resolution()
     # load_dataset(<packaged name>) pings a download counter over the network; cxr_max runs offline.
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False

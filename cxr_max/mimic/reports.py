@@ -160,12 +160,50 @@ def read_report(path: str | os.PathLike, *, on_error: OnError = "raise", skips: 
 _ZIP_MEMBER_RE = re.compile(r"(?:^|/)(?:files/)?(p\d{2}/p\d+/s\d+\.txt)$")
 
 
-class ReportStore:
-    """Reports of a MIMIC-CXR copy, from the per-study ``.txt`` tree or from ``mimic-cxr-reports.zip``.
+REPORT_ARCHIVES = ("mimic-cxr-reports.zip", "mimic-cxr-reports.tar.gz", "mimic-cxr-reports.tgz")
 
-    ``source`` is either a folder holding ``files/p??/p*/s*.txt`` (the MIMIC-CXR root) or the zip.
-    The zip is opened once and indexed by its inner paths; a top-level folder inside the zip
-    (``mimic-cxr-reports/files/...``) is handled. Use it as a context manager, or call :meth:`close`.
+
+def _reports_cache() -> Path:
+    return Path(os.environ.get("CXR_MAX_CACHE") or Path.home() / ".cache" / "cxr_max") / "reports"
+
+
+def tar_as_zip(source: Path) -> Path:
+    """An uncompressed zip copy of a reports ``.tar.gz``, made once (a gzip stream has no random access:
+    reading one member means decompressing everything before it). Cached under ``$CXR_MAX_CACHE/reports``,
+    keyed by the archive's path, size and modification time."""
+    import hashlib
+    import tarfile
+
+    st = source.stat()
+    key = hashlib.sha256(f"{source.absolute()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = _reports_cache() / f"{source.name.split('.')[0]}-{key}.zip"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    try:
+        with tarfile.open(source, "r|*") as tar, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            for member in tar:
+                if not member.isfile() or not _ZIP_MEMBER_RE.search(member.name):
+                    continue
+                f = tar.extractfile(member)
+                if f is not None:
+                    zf.writestr(member.name, f.read())
+    except (tarfile.TarError, OSError, EOFError) as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"not a readable tar.gz archive (truncated download?): {e}", path=source) from e
+    os.replace(tmp, target)
+    return target
+
+
+class ReportStore:
+    """Reports of a MIMIC-CXR copy: the per-study ``.txt`` tree, ``mimic-cxr-reports.zip`` or
+    ``mimic-cxr-reports.tar.gz``.
+
+    ``source`` is a folder holding ``files/p??/p*/s*.txt`` (the MIMIC-CXR root) or one of the archives.
+    The zip is opened once and indexed by its inner paths; a top-level folder inside the archive
+    (``mimic-cxr-reports/files/...``) is handled. A tar.gz is converted once to a cached zip
+    (:func:`tar_as_zip`). Use it as a context manager, or call :meth:`close`.
     """
 
     def __init__(self, source: str | os.PathLike, *, on_error: OnError = "raise", skips: SkipLog | None = None):
@@ -177,8 +215,12 @@ class ReportStore:
             self.kind = "tree"
         elif self.source.is_file():
             self.kind = "zip"
+            opened = self.source
+            if self.source.name.endswith((".tar.gz", ".tgz", ".tar")):
+                self.kind = "tar"
+                opened = tar_as_zip(self.source)
             try:
-                self._zip = zipfile.ZipFile(self.source)
+                self._zip = zipfile.ZipFile(opened)
             except (zipfile.BadZipFile, OSError) as e:
                 raise DataError(f"not a readable zip file: {e}", path=self.source) from e
             for name in self._zip.namelist():
@@ -186,12 +228,12 @@ class ReportStore:
                 if m:
                     self._members.setdefault("files/" + m.group(1), name)
         else:
-            raise DataError("report source not found (expected a folder or mimic-cxr-reports.zip)", path=self.source)
+            raise DataError("report source not found (expected a folder, mimic-cxr-reports.zip or .tar.gz)", path=self.source)
 
     # -- lookup
     def __len__(self) -> int:
-        """Number of reports in the zip (a tree is not scanned: len() of a tree store raises)."""
-        if self.kind != "zip":
+        """Number of reports in the archive (a tree is not scanned: len() of a tree store raises)."""
+        if self.kind == "tree":
             raise TypeError("a report tree is not indexed; use has() per study")
         return len(self._members)
 
@@ -224,7 +266,7 @@ class ReportStore:
                 return decode_report(data, path)
             member = self._members.get(rel)
             if member is None:
-                raise DataError(f"no report for study {study_id} (subject {subject_id}) in the zip", path=self.source)
+                raise DataError(f"no report for study {study_id} (subject {subject_id}) in the archive", path=self.source)
             assert self._zip is not None
             try:
                 data = self._zip.read(member)
@@ -254,13 +296,14 @@ class ReportStore:
 
 
 def find_report_source(*roots: str | os.PathLike | None) -> Path | None:
-    """Where a MIMIC copy keeps its reports: ``mimic-cxr-reports.zip`` in one of ``roots`` first, else
-    the first root with a ``files`` folder holding ``s*.txt`` reports (checked on the first patient
-    folders only). ``None`` when there is none."""
+    """Where a MIMIC copy keeps its reports: ``mimic-cxr-reports.zip``, then ``mimic-cxr-reports.tar.gz``
+    (or ``.tgz``) in one of ``roots``, else the first root with a ``files`` folder holding ``s*.txt``
+    reports (checked on the first patient folders only). ``None`` when there is none."""
     candidates = [Path(r) for r in roots if r is not None]
-    for root in candidates:
-        if (root / "mimic-cxr-reports.zip").is_file():
-            return root / "mimic-cxr-reports.zip"
+    for name in REPORT_ARCHIVES:
+        for root in candidates:
+            if (root / name).is_file():
+                return root / name
     for root in candidates:
         files = root / "files"
         if not files.is_dir():

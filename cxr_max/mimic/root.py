@@ -88,8 +88,8 @@ class MimicRoot:
         dicom_root: optional MIMIC-CXR (DICOM) folder; gives ``dicom_path`` and usually the reports.
         labels: which labeler's table fills ``labels``: ``"chexpert"`` (default) or ``"negbio"``.
         reports: where reports are, if not found automatically: a folder with the ``files/.../s*.txt``
-            tree or ``mimic-cxr-reports.zip``. By default the zip, then the tree, in the DICOM root and
-            then the JPG root.
+            tree, ``mimic-cxr-reports.zip`` or ``mimic-cxr-reports.tar.gz``. By default the zip, then the
+            tar.gz, then the tree, in the DICOM root and then the JPG root.
         on_error: ``"raise"`` (default) or ``"skip"`` for bad rows in the tables and bad reports.
         skips: the :class:`SkipLog` for ``on_error="skip"`` (one is created when not given; see
             :attr:`skips`).
@@ -155,6 +155,18 @@ class MimicRoot:
     def split(self) -> pa.Table:
         """``mimic-cxr-2.0.0-split`` (cached)."""
         return self.read("split")
+
+    def radiologist_labels(self) -> pa.Table:
+        """``mimic-cxr-2.1.0-test-set-labeled.csv``: the radiologists' labels of the test studies, with
+        CheXpert column names (see :func:`~cxr_max.mimic.tables.read_radiologist_labels`)."""
+        from cxr_max.mimic.tables import read_radiologist_labels
+
+        path = self.table_path("test-labels", required=False)
+        if path is None:
+            raise DataError(
+                "no radiologist test labels: mimic-cxr-2.1.0-test-set-labeled.csv is not in this copy "
+                "(it ships with MIMIC-CXR-JPG 2.1.0)", path=self.jpg_root)
+        return read_radiologist_labels(path, on_error=self.on_error, skips=self.skips)
 
     @functools.cached_property
     def label_table(self) -> pa.Table:

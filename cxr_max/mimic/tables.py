@@ -11,7 +11,12 @@ chexpert       ``mimic-cxr-2.0.0-chexpert.csv.gz``    study (``study_id``)
 negbio         ``mimic-cxr-2.0.0-negbio.csv.gz``      study (``study_id``)
 record-list    ``cxr-record-list.csv.gz``             DICOM image (``dicom_id``)
 study-list     ``cxr-study-list.csv.gz``              study (``study_id``)
+test-labels    ``mimic-cxr-2.1.0-test-set-labeled``   test study (``study_id``), radiologists'
 =============  =====================================  =====================================
+
+``mimic-cxr-2.1.0-test-set-labeled.csv`` (MIMIC-CXR-JPG 2.1.0) holds radiologists' labels of the
+test studies: ``study_id`` without ``subject_id``, and ``Airspace Opacity`` where the labeler tables
+say ``Lung Opacity``; :func:`read_radiologist_labels` returns it with the CheXpert names.
 
 Conventions of every reader here:
 
@@ -77,6 +82,9 @@ class TableSpec:
         return (f"{self.stem}.csv.gz", f"{self.stem}.csv")
 
 
+# CheXpert name -> the name the radiologists' test-set table uses.
+RADIOLOGIST_NAMES = {"Lung Opacity": "Airspace Opacity"}
+
 _META_OPTIONAL = (
     "PerformedProcedureStepDescription",
     "ProcedureCodeSequence_CodeMeaning",
@@ -114,6 +122,13 @@ TABLES: dict[str, TableSpec] = {
     ),
     "study-list": TableSpec(
         "study-list", "cxr-study-list", required=("subject_id", "study_id", "path"), key=("study_id",)
+    ),
+    "test-labels": TableSpec(
+        "test-labels",
+        "mimic-cxr-2.1.0-test-set-labeled",
+        required=("study_id", *(RADIOLOGIST_NAMES.get(n, n) for n in CHEXPERT_LABELS)),
+        key=("study_id",),
+        labels=tuple(RADIOLOGIST_NAMES.get(n, n) for n in CHEXPERT_LABELS),
     ),
 }
 
@@ -195,6 +210,12 @@ def read_table(
     """
     path = Path(path)
     spec = _spec(name) if name is not None else TABLES[table_name_of(path)]
+    return _read_with_spec(path, spec, on_error=on_error, skips=skips, validate_ids=validate_ids)
+
+
+def _read_with_spec(
+    path: Path, spec: TableSpec, *, on_error: OnError = "raise", skips: SkipLog | None = None, validate_ids: bool = False
+) -> pa.Table:
     columns = _header(path)
     missing = [c for c in spec.required if c not in columns]
     if missing:
@@ -263,6 +284,31 @@ def read_labels(path_or_root: str | os.PathLike, labels: LabelSource = "chexpert
     if labels not in LABEL_SOURCES:
         raise ValueError(f"labels must be one of {LABEL_SOURCES}, not {labels!r}")
     return read_table(_resolve(path_or_root, labels), labels, **kwargs)
+
+
+def read_radiologist_labels(path_or_root: str | os.PathLike, **kwargs) -> pa.Table:
+    """``mimic-cxr-2.1.0-test-set-labeled.csv``: radiologists' labels, one row per test study, with the
+    CheXpert column names (``Airspace Opacity`` -> ``Lung Opacity``). A copy that already says
+    ``Lung Opacity`` is read as well."""
+    path = _resolve(path_or_root, "test-labels")
+    spec = TABLES["test-labels"]
+    if "Lung Opacity" in _header(path) and "Airspace Opacity" not in _header(path):
+        spec = dataclasses.replace(spec, required=("study_id", *CHEXPERT_LABELS), labels=CHEXPERT_LABELS)
+    table = _read_with_spec(path, spec, **kwargs)
+    return table.rename_columns([{v: k for k, v in RADIOLOGIST_NAMES.items()}.get(c, c) for c in table.column_names])
+
+
+def radiologist_label_struct(table: pa.Table, study_ids: pa.ChunkedArray | pa.Array) -> pa.StructArray:
+    """The 14-label struct of each study in ``study_ids`` from :func:`read_radiologist_labels`'s table;
+    null (as a whole) for a study the radiologists did not label."""
+    from cxr_max.trajectories.schema import LABELS_TYPE
+
+    at = pc.index_in(study_ids, value_set=table["study_id"].combine_chunks())
+    fields = [table[name].combine_chunks().take(at) for name in CHEXPERT_LABELS]
+    missing = pc.is_null(at)
+    if isinstance(missing, pa.ChunkedArray):
+        missing = missing.combine_chunks()
+    return pa.StructArray.from_arrays(fields, fields=list(LABELS_TYPE), mask=missing)
 
 
 def read_record_list(path_or_root: str | os.PathLike, **kwargs) -> pa.Table:

@@ -2,7 +2,23 @@
 
 Sources: JSONL (``*.jsonl``, ``*.jsonl.gz``) and parquet files in the canonical schema
 (:mod:`cxr_max.trajectories.schema`); other layouts through ``mapping`` (rename columns) or an
-adapter (``adapter="ms_swift"`` for the authors' ms-swift rows).
+adapter. With an adapter or a mapping, ``*.json`` files are read too, as a JSON array of rows (the
+authors' ``SPD.json`` / ``APO.json``) or as JSON lines. Adapters (:data:`ADAPTERS`):
+
+* ``"ms_swift"``: ms-swift rows, any of its layouts, detected per row: ``messages`` (+ ``images``,
+  ``rejected_messages`` / ``rejected_images`` or ``rejected_response``), ShareGPT ``conversations``
+  (``from``/``value``), ``query``/``response`` (+ ``history``, ``system``), alpaca
+  ``instruction``/``input``/``output`` (or ``chosen``/``rejected``);
+* ``"sharegpt"``, ``"alpaca"``, ``"query_response"``: the same, with the layout forced.
+
+Images may be strings or ``{"path": ...}`` dicts; the dicom_id is the file name, subject and study
+ids come from a PhysioNet-style path or the metadata. A ``system`` turn is kept (``system`` field).
+A row's ``model`` / ``teacher`` / ``source`` field names the chosen side's teacher, and
+``rejected_model`` / ``rejected_teacher`` / ``rejected_source`` the rejected side's; rows without
+them get ``ms-swift-chosen`` / ``ms-swift-rejected``. With an adapter, ``mapping`` renames the
+row's fields first (``{"conv": "conversations"}``).
+
+Files are read in batches (:func:`iter_trajectory_batches`), so memory is bounded by a batch, not a file.
 
 Every returned table carries two bookkeeping columns, ``_file`` and ``_row`` (1-based line or row
 number), so a later check (unknown ids, duplicates) can name where a record came from. Use
@@ -36,21 +52,39 @@ from cxr_max.trajectories.parse import is_refusal, split_answer
 from cxr_max.trajectories.schema import ARROW_SCHEMA, FIELDS, KEY_FIELDS, REQUIRED, STATUSES, normalize_record
 
 TRAJECTORY_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+FOREIGN_SUFFIXES = TRAJECTORY_SUFFIXES + (".json", ".json.gz")
 BOOKKEEPING = ("_file", "_row")
 FULL_SCHEMA = ARROW_SCHEMA.append(pa.field("_file", pa.string())).append(pa.field("_row", pa.int64()))
-ADAPTERS = ("ms_swift",)
+ADAPTERS = ("ms_swift", "sharegpt", "alpaca", "query_response")
+BATCH_ROWS = 50_000  # rows per batch when a file is streamed
 
 
-def list_trajectory_files(source: str | Path) -> list[Path]:
-    """All trajectory files under ``source`` (a file or a folder, searched recursively), sorted."""
+def list_trajectory_files(source: str | Path, *, foreign: bool = False, warn_json: bool = False) -> list[Path]:
+    """All trajectory files under ``source`` (a file or a folder, searched recursively), sorted.
+
+    ``foreign`` (an adapter or a mapping is used) also lists ``*.json`` files; without it they are
+    left out (with ``warn_json``, a warning names them: a JSON-array file needs ``adapter=`` or ``mapping=``).
+    """
     src = Path(source).expanduser()
     if src.is_file():
         return [src]
     if not src.is_dir():
         raise DataError("no such trajectory file or folder", path=src)
-    files = sorted(
-        p for p in src.rglob("*") if p.is_file() and p.name.endswith(TRAJECTORY_SUFFIXES) and not p.name.startswith(".")
-    )
+    suffixes = FOREIGN_SUFFIXES if foreign else TRAJECTORY_SUFFIXES
+    files, ignored = [], []
+    for p in sorted(src.rglob("*")):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        if p.name.endswith(suffixes):
+            files.append(p)
+        elif p.name.endswith((".json", ".json.gz")):
+            ignored.append(p)
+    if ignored and warn_json:
+        import logging
+
+        logging.getLogger("cxr_max").warning(
+            "%d .json file(s) under %s not read as trajectories (e.g. %s): JSON-array files are read with "
+            "adapter='ms_swift' (or another adapter) or mapping=", len(ignored), src, ignored[0])
     return files
 
 
@@ -105,8 +139,10 @@ def _fill_defaults(table: pa.Table) -> pa.Table:
     return table.set_column(table.schema.get_field_index("refusal"), "refusal", refusal)
 
 
-def _iter_json_lines(path: Path, data: bytes, on_error: OnError, skips: SkipLog | None) -> Iterator[tuple[int, dict]]:
-    for lineno, line in enumerate(io.BytesIO(data), start=1):
+def _iter_json_lines(path: Path, data, on_error: OnError, skips: SkipLog | None, first: int = 1) -> Iterator[tuple[int, dict]]:
+    """JSON lines -> (line number, object); ``data`` is bytes or an iterable of byte lines."""
+    lines = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    for lineno, line in enumerate(lines, start=first):
         if not line.strip():
             continue
         try:
@@ -176,12 +212,31 @@ def apply_mapping(obj: Mapping[str, Any], mapping: Mapping[str, str], *, keep_un
     return _derive_missing(out)
 
 
-# ms-swift ---------------------------------------------------------------------------------------
+# ms-swift and the other chat layouts --------------------------------------------------------------
+
+_CHOSEN_TEACHER_FIELDS = ("teacher", "model", "source")
+_REJECTED_TEACHER_FIELDS = ("rejected_teacher", "rejected_model", "rejected_source")
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant",
+                   "model": "assistant", "system": "system"}
+
+
+def _image_path(img: Any) -> str:
+    """An image entry as a path: a string, or a ``{"path": ...}`` / ``{"image": ...}`` / ``{"url": ...}`` dict."""
+    if isinstance(img, str) and img:
+        return img
+    if isinstance(img, Mapping):
+        for k in ("path", "image", "url", "file"):
+            if isinstance(img.get(k), str) and img[k]:
+                return img[k]
+        if img.get("bytes") is not None:
+            raise ValueError("an image given as bytes without a path: its dicom_id cannot be known")
+    raise ValueError(f"an image must be a path or a {{'path': ...}} dict, got {type(img).__name__}")
+
 
 def _ids_from_image_path(path: str) -> dict[str, str]:
     """dicom_id from the file name; subject_id/study_id from a PhysioNet-style path when present."""
-    p = Path(path)
-    ids = {"dicom_id": p.stem}
+    p = Path(path.split("://", 1)[-1])
+    ids = {"dicom_id": p.name.split(".")[0]}
     for part in p.parts:
         if len(part) == 9 and part[0] == "p" and part[1:].isdigit():
             ids["subject_id"] = part[1:]
@@ -190,67 +245,324 @@ def _ids_from_image_path(path: str) -> dict[str, str]:
     return ids
 
 
+def _text_of(content: Any) -> str | None:
+    if isinstance(content, list):  # OpenAI-style parts
+        return "".join(part.get("text") or "" for part in content if isinstance(part, Mapping) and part.get("type", "text") == "text")
+    return content if isinstance(content, str) or content is None else str(content)
+
+
 def _assistant_text(messages: list[dict]) -> str | None:
     for m in reversed(messages or []):
-        if m.get("role") == "assistant":
-            c = m.get("content")
-            if isinstance(c, list):
-                return "".join(part.get("text", "") for part in c if isinstance(part, dict))
-            return c
+        if isinstance(m, Mapping) and m.get("role") == "assistant":
+            return _text_of(m.get("content"))
+    return None
+
+
+def _role_text(messages: list[dict], role: str) -> str | None:
+    for m in messages or []:
+        if isinstance(m, Mapping) and m.get("role") == role:
+            return _text_of(m.get("content"))
     return None
 
 
 def _user_text(messages: list[dict]) -> str | None:
-    for m in messages or []:
-        if m.get("role") == "user":
-            return m.get("content") if isinstance(m.get("content"), str) else None
+    return _role_text(messages, "user")
+
+
+def _messages_from_sharegpt(conv: Any) -> list[dict]:
+    if not isinstance(conv, list):
+        raise ValueError("'conversations' must be a list of {from, value} turns")
+    out = []
+    for turn in conv:
+        if not isinstance(turn, Mapping):
+            raise ValueError("a ShareGPT turn must be an object with 'from' and 'value'")
+        who = turn.get("from", turn.get("role"))
+        role = _SHAREGPT_ROLES.get(str(who).lower()) if who is not None else None
+        if role is None:
+            raise ValueError(f"unknown ShareGPT speaker {who!r}; expected human/gpt/system")
+        out.append({"role": role, "content": turn.get("value", turn.get("content"))})
+    return out
+
+
+def _as_messages_row(obj: Mapping[str, Any], layout: str) -> dict:
+    """Any supported chat layout -> an ms-swift ``messages`` row (system/user/assistant turns)."""
+    row = dict(obj)
+    if layout == "ms_swift":  # detect
+        layout = ("messages" if "messages" in row else "sharegpt" if "conversations" in row else
+                  "query_response" if "query" in row else "alpaca" if "instruction" in row else "messages")
+    if layout == "messages":
+        if "messages" not in row:
+            raise ValueError("an ms-swift row needs 'messages' (or 'conversations', 'query'/'response', 'instruction'/'output')")
+        return row
+    if layout == "sharegpt":
+        if "conversations" not in row:
+            raise ValueError("a ShareGPT row needs 'conversations'")
+        msgs = _messages_from_sharegpt(row.pop("conversations"))
+        if row.get("system") and not any(m["role"] == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": row["system"]})
+        row["messages"] = msgs
+        return row
+    if layout == "query_response":
+        if "query" not in row or "response" not in row:
+            raise ValueError("a query/response row needs 'query' and 'response'")
+        msgs = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+        row["messages"] = msgs + [{"role": "user", "content": row.pop("query")}, {"role": "assistant", "content": row.pop("response")}]
+        return row
+    if layout == "alpaca":
+        if "instruction" not in row:
+            raise ValueError("an alpaca row needs 'instruction' and 'output' (or 'chosen'/'rejected')")
+        prompt = row.pop("instruction") or ""
+        if row.get("input"):
+            prompt = f"{prompt}\n{row.pop('input')}"
+        chosen, rejected = row.pop("output", None), None
+        if chosen is None and "chosen" in row:
+            chosen, rejected = row.pop("chosen"), row.pop("rejected", None)
+        if chosen is None:
+            raise ValueError("an alpaca row needs 'output' (or 'chosen'/'rejected')")
+        msgs = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+        row["messages"] = msgs + [{"role": "user", "content": prompt}, {"role": "assistant", "content": chosen}]
+        if rejected is not None:
+            row["rejected_response"] = rejected
+        return row
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+def _first_name(obj: Mapping[str, Any], fields: tuple[str, ...]) -> str | None:
+    for f in fields:
+        v = obj.get(f)
+        if isinstance(v, str) and v.strip():
+            return v.strip()
     return None
 
 
 def adapt_ms_swift(
-    obj: Mapping[str, Any], *, chosen_teacher: str = "ms-swift-chosen", rejected_teacher: str = "ms-swift-rejected"
+    obj: Mapping[str, Any], *, chosen_teacher: str = "ms-swift-chosen", rejected_teacher: str = "ms-swift-rejected",
+    layout: str = "ms_swift",
 ) -> list[dict]:
-    """One ms-swift row -> canonical records (REFERENCE section 2).
+    """One ms-swift (or ShareGPT / alpaca / query-response) row -> canonical records.
 
-    ``messages`` gives a record for ``chosen_teacher``; ``rejected_messages`` (DPO rows) one for
-    ``rejected_teacher``. The authors' rows do not name teachers, so these names are parameters.
-    ``sample`` numbers are assigned later, per (dicom_id, teacher), in file order.
+    The chosen side (``messages``) gives one record; a DPO row's rejected side (``rejected_messages``
+    or ``rejected_response``) another. Teachers come from the row's model/source fields when present
+    (see the module docs), else ``chosen_teacher`` / ``rejected_teacher``. ``sample`` numbers are
+    assigned later, per (dicom_id, teacher, task), in file order.
     """
-    if "messages" not in obj or "images" not in obj:
-        raise ValueError("an ms-swift row needs 'messages' and 'images'")
-    images = obj.get("images") or []
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"a row must be an object, got {type(obj).__name__}")
+    row = _as_messages_row(obj, layout)
+    msgs = row.get("messages")
+    if not isinstance(msgs, list) or not all(isinstance(m, Mapping) for m in msgs):
+        raise ValueError("'messages' must be a list of {role, content} objects")
+    images = row.get("images", row.get("image"))
+    if isinstance(images, (str, Mapping)):
+        images = [images]
     if not images:
-        raise ValueError("ms-swift row has no image")
+        raise ValueError("row has no image ('images' is missing or empty)")
+    paths = [_image_path(i) for i in images]
+    ids = _ids_from_image_path(paths[0])
+    for f in ("subject_id", "study_id", "dicom_id"):
+        if row.get(f) not in (None, ""):
+            ids[f] = str(row[f])
+    system = _role_text(msgs, "system")
+    prompt = _user_text(msgs)
+    chosen_name = _first_name(row, _CHOSEN_TEACHER_FIELDS) or chosen_teacher
+    rejected_name = _first_name(row, _REJECTED_TEACHER_FIELDS) or rejected_teacher
+    sides: list[tuple[str, str | None, list[str]]] = []
+    raw = _assistant_text(msgs)
+    if raw is None:
+        raise ValueError("'messages' has no assistant message")
+    sides.append((chosen_name, raw, paths))
+    rejected_msgs = row.get("rejected_messages")
+    if rejected_msgs:
+        r_raw = _assistant_text(rejected_msgs)
+        if r_raw is None:
+            raise ValueError("'rejected_messages' has no assistant message")
+        r_imgs = row.get("rejected_images") or images
+        r_imgs = [r_imgs] if isinstance(r_imgs, (str, Mapping)) else r_imgs
+        sides.append((rejected_name, r_raw, [_image_path(i) for i in r_imgs]))
+    elif row.get("rejected_response") not in (None, ""):
+        r = row["rejected_response"]
+        sides.append((rejected_name, _text_of(r) if not isinstance(r, list) else _assistant_text(r), paths))
     out = []
-    for field, img_field, teacher in (
-        ("messages", "images", chosen_teacher),
-        ("rejected_messages", "rejected_images", rejected_teacher),
-    ):
-        msgs = obj.get(field)
-        if not msgs:
-            continue
-        imgs = obj.get(img_field) or images
-        raw = _assistant_text(msgs)
-        if raw is None:
-            raise ValueError(f"ms-swift '{field}' has no assistant message")
-        rec = {**_ids_from_image_path(imgs[0]), "teacher": teacher, "task": "diagnose", "prompt": _user_text(msgs), "raw": raw}
+    for teacher, text, side_paths in sides:
+        side_ids = dict(ids) if side_paths is paths else {**ids, **_ids_from_image_path(side_paths[0])}
+        rec = {**side_ids, "teacher": teacher, "task": "diagnose", "prompt": prompt, "raw": text, "system": system}
+        for f in ("teacher_version", "collected_at", "task"):
+            if row.get(f) not in (None, ""):
+                rec[f] = row[f]
         out.append(_derive_missing(rec))
     return out
 
 
+class _SampleNumbers:
+    """Give adapted records their sample index per (dicom_id, teacher, task); merge exact repeats
+    (the chosen answer repeated on every pairwise row is one record). State spans a file's batches."""
+
+    def __init__(self):
+        self.seen: dict[tuple, list[str]] = {}
+
+    def __call__(self, records: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+        out = []
+        for lineno, rec in records:
+            k = (rec["dicom_id"], rec["teacher"], rec["task"])
+            texts = self.seen.setdefault(k, [])
+            if rec["raw"] in texts:
+                continue
+            rec["sample"] = len(texts)
+            texts.append(rec["raw"])
+            out.append((lineno, rec))
+        return out
+
+
 def _number_samples(records: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
-    """Give adapted records their sample index per (dicom_id, teacher, task); merge exact repeats."""
-    seen: dict[tuple, list[str]] = {}
-    out = []
-    for lineno, rec in records:
-        k = (rec["dicom_id"], rec["teacher"], rec["task"])
-        texts = seen.setdefault(k, [])
-        if rec["raw"] in texts:  # the same chosen answer repeated on every pairwise row: one record
+    return _SampleNumbers()(records)
+
+
+def _json_rows(path: Path, on_error: OnError, skips: SkipLog | None) -> Iterator[tuple[int, Any]]:
+    """Rows of a ``.json`` file: a JSON array (row numbers count from 1 in the array), or JSON lines."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        head = f.read(4096).lstrip()
+    if not head.startswith(b"["):
+        with opener(path, "rb") as f:
+            yield from _iter_json_lines(path, f, on_error, skips)
+        return
+    try:
+        with opener(path, "rb") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        handle(DataError(f"malformed JSON array ({e})", path=path), on_error, skips)
+        return
+    for i, obj in enumerate(data, start=1):
+        if not isinstance(obj, dict):
+            handle(DataError(f"an element of the JSON array must be an object, got {type(obj).__name__}", path=path, row=i),
+                   on_error, skips)
             continue
-        rec["sample"] = len(texts)
-        texts.append(rec["raw"])
-        out.append((lineno, rec))
-    return out
+        yield i, obj
+
+
+def _line_blocks(path: Path, n: int) -> Iterator[tuple[int, list[bytes]]]:
+    """(first line number, lines) blocks of a JSONL file, read incrementally (gzip transparently)."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        block, first = [], 1
+        for lineno, line in enumerate(f, start=1):
+            if not block:
+                first = lineno
+            block.append(line)
+            if len(block) >= n:
+                yield first, block
+                block = []
+        if block:
+            yield first, block
+
+
+def _fast_canonical(data: bytes) -> pa.Table | None:
+    """The vectorised read of canonical JSON lines, or None when the exact path must find the bad row."""
+    try:
+        table = pj.read_json(io.BytesIO(data), parse_options=pj.ParseOptions(
+            explicit_schema=ARROW_SCHEMA, unexpected_field_behavior="error"))
+        table = table.select(list(FIELDS)).cast(ARROW_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    if _fast_valid(table) and table.num_rows == sum(1 for ln in data.splitlines() if ln.strip()):
+        return _fill_defaults(table)
+    return None
+
+
+def _foreign_rows(raw_rows, path, *, mapping, adapter, adapter_kwargs, numbers, on_error, skips):
+    """Adapt or map raw rows; bad rows raise or are counted with file and row."""
+    out = []
+    for lineno, obj in raw_rows:
+        try:
+            if adapter is not None:
+                if mapping:
+                    obj = {mapping.get(k, k): v for k, v in obj.items()}
+                layout = adapter if adapter != "ms_swift" else "ms_swift"
+                out.extend((lineno, rec) for rec in adapt_ms_swift(obj, layout=layout, **(adapter_kwargs or {})))
+            else:
+                out.append((lineno, apply_mapping(obj, mapping)))
+        except (ValueError, TypeError, AttributeError) as e:
+            handle(DataError(str(e), path=path, row=lineno), on_error, skips)
+    return numbers(out) if adapter is not None else out
+
+
+def iter_trajectory_batches(
+    path: str | Path,
+    *,
+    mapping: Mapping[str, str] | None = None,
+    adapter: str | None = None,
+    adapter_kwargs: Mapping[str, Any] | None = None,
+    on_error: OnError = "raise",
+    skips: SkipLog | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> Iterator[pa.Table]:
+    """One file -> canonical Arrow tables (plus ``_file``/``_row``) of at most ``batch_rows`` rows each.
+
+    JSONL is read block by block and parquet row group by row group, so a large file never sits in
+    memory whole (a ``.json`` array is the exception: JSON has no streaming boundary).
+    """
+    path = Path(path)
+    if adapter is not None and adapter not in ADAPTERS:
+        raise ValueError(f"unknown adapter {adapter!r}; known: {ADAPTERS}")
+    foreign = mapping is not None or adapter is not None
+    numbers = _SampleNumbers()
+    ids_from_meta = foreign
+
+    def finish(raw_rows) -> pa.Table:
+        if foreign:
+            raw_rows = _foreign_rows(raw_rows, path, mapping=mapping, adapter=adapter, adapter_kwargs=adapter_kwargs,
+                                     numbers=numbers, on_error=on_error, skips=skips)
+        return _canonical_rows(path, raw_rows, on_error, skips, ids_from_metadata=ids_from_meta)
+
+    if path.suffix == ".parquet":
+        try:
+            pf = pq.ParquetFile(path)
+            names = pf.schema_arrow.names
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for corrupt files
+            handle(DataError(f"unreadable parquet file ({e})", path=path), on_error, skips)
+            return
+        canonical = not foreign and set(names) <= set(FIELDS) and set(REQUIRED) <= set(names)
+        offset = 0
+        try:
+            batches = pf.iter_batches(batch_size=batch_rows)
+            for batch in batches:
+                table = pa.Table.from_batches([batch])
+                rows = np.arange(offset + 1, offset + table.num_rows + 1)
+                offset += table.num_rows
+                if canonical:
+                    try:
+                        canon = table.select([c for c in FIELDS if c in table.column_names])
+                        for f in FIELDS:
+                            if f not in canon.column_names:
+                                canon = canon.append_column(ARROW_SCHEMA.field(f), pa.nulls(canon.num_rows, ARROW_SCHEMA.field(f).type))
+                        canon = canon.select(list(FIELDS)).cast(ARROW_SCHEMA)
+                        if _fast_valid(canon):
+                            yield _with_bookkeeping(_fill_defaults(canon), path, rows)
+                            continue
+                    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                        pass
+                yield finish(zip(rows.tolist(), table.to_pylist()))
+        except (OSError, pa.ArrowInvalid) as e:
+            handle(DataError(f"unreadable parquet file ({e})", path=path, row=offset + 1), on_error, skips)
+        return
+
+    try:
+        if path.name.endswith((".json", ".json.gz")):
+            rows = list(_json_rows(path, on_error, skips))
+            for start in range(0, max(len(rows), 1), batch_rows):
+                yield finish(rows[start:start + batch_rows])
+            return
+        for first, lines in _line_blocks(path, batch_rows):
+            data = b"".join(lines)
+            if not foreign:
+                table = _fast_canonical(data)
+                if table is not None:
+                    nonblank = np.array([first + i for i, ln in enumerate(lines) if ln.strip()], dtype=np.int64)
+                    yield _with_bookkeeping(table, path, nonblank)
+                    continue
+            yield finish(_iter_json_lines(path, lines, on_error, skips, first=first))
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        handle(DataError(f"unreadable file ({e})", path=path), on_error, skips)
 
 
 def read_trajectory_file(
@@ -262,64 +574,11 @@ def read_trajectory_file(
     on_error: OnError = "raise",
     skips: SkipLog | None = None,
 ) -> pa.Table:
-    """One file -> canonical Arrow table (plus ``_file``/``_row``)."""
-    path = Path(path)
-    if adapter is not None and adapter not in ADAPTERS:
-        raise ValueError(f"unknown adapter {adapter!r}; known: {ADAPTERS}")
-    if path.suffix == ".parquet":
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for corrupt files
-            handle(DataError(f"unreadable parquet file ({e})", path=path), on_error, skips)
-            return FULL_SCHEMA.empty_table()
-        if mapping is None and adapter is None and set(table.column_names) <= set(FIELDS) and set(REQUIRED) <= set(table.column_names):
-            try:
-                canon = table.select([c for c in FIELDS if c in table.column_names])
-                for f in FIELDS:
-                    if f not in canon.column_names:
-                        canon = canon.append_column(ARROW_SCHEMA.field(f), pa.nulls(canon.num_rows, ARROW_SCHEMA.field(f).type))
-                canon = canon.select(list(FIELDS)).cast(ARROW_SCHEMA)
-                if _fast_valid(canon):
-                    return _with_bookkeeping(_fill_defaults(canon), path)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-                pass
-        raw_rows: Iterable[tuple[int, dict]] = enumerate(table.to_pylist(), start=1)
-    else:
-        try:
-            data = _open_text(path)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
-            handle(DataError(f"unreadable file ({e})", path=path), on_error, skips)
-            return FULL_SCHEMA.empty_table()
-        if mapping is None and adapter is None:
-            try:
-                table = pj.read_json(
-                    io.BytesIO(data),
-                    parse_options=pj.ParseOptions(explicit_schema=ARROW_SCHEMA, unexpected_field_behavior="error"),
-                )
-                table = table.select(list(FIELDS)).cast(ARROW_SCHEMA)
-                if _fast_valid(table) and table.num_rows == sum(1 for ln in data.splitlines() if ln.strip()):
-                    return _with_bookkeeping(_fill_defaults(table), path)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-                pass  # the exact path below finds and names the bad row
-        raw_rows = _iter_json_lines(path, data, on_error, skips)
-
-    if adapter == "ms_swift":
-        adapted = []
-        for lineno, obj in raw_rows:
-            try:
-                adapted.extend((lineno, rec) for rec in adapt_ms_swift(obj, **(adapter_kwargs or {})))
-            except ValueError as e:
-                handle(DataError(str(e), path=path, row=lineno), on_error, skips)
-        raw_rows = _number_samples(adapted)
-    elif mapping is not None:
-        mapped = []
-        for lineno, obj in raw_rows:
-            try:
-                mapped.append((lineno, apply_mapping(obj, mapping)))
-            except ValueError as e:
-                handle(DataError(str(e), path=path, row=lineno), on_error, skips)
-        raw_rows = mapped
-    return _canonical_rows(path, raw_rows, on_error, skips, ids_from_metadata=adapter is not None or mapping is not None)
+    """One file -> canonical Arrow table (plus ``_file``/``_row``); see :func:`iter_trajectory_batches`."""
+    parts = list(iter_trajectory_batches(path, mapping=mapping, adapter=adapter, adapter_kwargs=adapter_kwargs,
+                                         on_error=on_error, skips=skips))
+    parts = [p for p in parts if p.num_rows] or [FULL_SCHEMA.empty_table()]
+    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ ARROW_SCHEMA = pa.schema(
         pa.field("completion_tokens", pa.int32()),
         pa.field("labels", LABELS_TYPE),
         pa.field("laterality", LATERALITY_TYPE),
+        pa.field("system", pa.string()),  # the system turn of the conversation, when there was one
     ]
 )
 FIELDS: tuple[str, ...] = tuple(ARROW_SCHEMA.names)
@@ -71,6 +72,7 @@ EXAMPLE_RECORD: dict[str, Any] = {
     "completion_tokens": 164,
     "labels": {name: None for name in CHEXPERT_LABELS} | {"Cardiomegaly": 1.0, "Pleural Effusion": 1.0},
     "laterality": {"Pleural Effusion": "left", "Pneumothorax": None, "Consolidation": None, "Atelectasis": None},
+    "system": None,
 }
 
 
