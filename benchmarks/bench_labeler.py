@@ -27,6 +27,7 @@ import argparse
 import gzip
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -122,13 +123,95 @@ def _pr_table(title: str, preds: list[dict], truth: list[dict], labels=CHEXPERT_
     return {"n": len(preds), "per_label": per, **summary}
 
 
-def bench_iu(wheel_dir: Path) -> dict:
+# A plain keyword + negation baseline (NegEx-lite): what a rule labeler has to beat on real text.
+BASELINE_TERMS: dict[str, str] = {
+    "Atelectasis": r"atelecta\w*", "Cardiomegaly": r"cardiomegaly|enlarged (?:heart|cardiac)|heart is enlarged",
+    "Consolidation": r"consolidat\w*", "Edema": r"edema|vascular congestion", "Fracture": r"fractures?",
+    "Enlarged Cardiomediastinum": r"widened mediastinum|mediastinal widening|enlarged mediastinum",
+    "Lung Lesion": r"nodules?|mass|lesions?", "Lung Opacity": r"opacit\w*|infiltrates?|densit\w*",
+    "Pleural Effusion": r"effusions?", "Pleural Other": r"pleural thickening", "Pneumonia": r"pneumonia",
+    "Pneumothorax": r"pneumothorax", "Support Devices": r"tubes?|catheters?|pacemaker|lines?|wires?",
+}
+_BASE_RX = {k: re.compile(r"\b(?:" + v + r")\b") for k, v in BASELINE_TERMS.items()}
+_BASE_NEG = re.compile(r"\b(?:no|not|without|negative for|free of)\b")
+_BASE_UNC = re.compile(r"\b(?:may|might|possible|possibly|likely|probable|suggest\w*|versus|questionable)\b")
+
+
+def baseline_label(text: str) -> dict[str, float | None]:
+    """Keyword + negation: a label is negative when "no/not/without/..." precedes its keyword in the
+    sentence, uncertain when a hedge word is in the sentence, else positive; positive > uncertain > negative."""
+    labels: dict[str, float | None] = dict.fromkeys(CHEXPERT_LABELS)
+    rank = {None: 0, 0.0: 1, -1.0: 2, 1.0: 3}
+    for sentence in re.split(r"[.;\n]", text.lower()):
+        for name, rx in _BASE_RX.items():
+            for m in rx.finditer(sentence):
+                v = 0.0 if _BASE_NEG.search(sentence, 0, m.start()) else -1.0 if _BASE_UNC.search(sentence) else 1.0
+                labels[name] = v if rank[v] > rank[labels[name]] else labels[name]
+    findings = [labels[n] for n in CHEXPERT_LABELS if n not in ("No Finding", "Support Devices")]
+    labels["No Finding"] = None if any(v in (1.0, -1.0) for v in findings) else 1.0
+    return labels
+
+
+def report_number(report_id: str) -> int:
+    """The number of an IU-Xray report file ("ecgen-radiology/123.xml" -> 123)."""
+    m = re.search(r"(\d+)\.xml$", report_id)
+    if m is None:
+        raise ValueError(f"unexpected IU-Xray member name {report_id!r}")
+    return int(m.group(1))
+
+
+def _scores(preds: list[dict], truth: list[dict], labels, uncertain: str) -> dict[str, dict]:
+    res = label_f1(preds, truth, labels=labels, uncertain=uncertain, n_boot=200)
+    return {n: {"support": v["support"], "precision": v["precision"], "recall": v["recall"], "f1": v["f1"]["value"],
+                "f1_ci": [v["f1"]["ci_low"], v["f1"]["ci_high"]]} for n, v in res["per_label"].items()}
+
+
+def compare_on(name: str, reports: list[dict], labeler_preds: list[dict], baseline_preds: list[dict],
+               truth: list[dict], labels) -> dict:
+    """Per-label precision/recall/F1 of the baseline and the labeler on one split, both policies."""
+    out: dict = {"n": len(reports)}
+    for policy in ("positive", "negative"):
+        base, lab = (_scores(p, truth, labels, policy) for p in (baseline_preds, labeler_preds))
+        table = Table(title=f"IU-Xray {name} (n={len(reports)}), uncertain as {policy}")
+        for col in ("label", "support", "base P", "base R", "base F1", "labeler P", "labeler R", "labeler F1", "beats"):
+            table.add_column(col, justify="left" if col == "label" else "right")
+        for n in labels:
+            b, l_ = base[n], lab[n]
+            table.add_row(n, str(l_["support"]), *(f"{b[k]:.3f}" for k in ("precision", "recall", "f1")),
+                          *(f"{l_[k]:.3f}" for k in ("precision", "recall", "f1")), "yes" if l_["f1"] > b["f1"] else "NO")
+        console.print(table)
+        out[f"uncertain_{policy}"] = {"baseline": base, "labeler": lab,
+                                      "labeler_beats_baseline": {n: lab[n]["f1"] > base[n]["f1"] for n in labels}}
+    return out
+
+
+def bench_iu(wheel_dir: Path, min_support: int = 20) -> dict:
+    """Labeler vs the keyword baseline on IU-Xray against MeSH, on the development half (odd report
+    numbers: the only half the labeler's rules were tuned on), the held-out half (even) and all."""
     reports = [r for r in read_iu_xray(wheel_dir) if r["text"].strip() and r["tags"] and r["tags"] != ["No Indexing"]]
     t0 = time.perf_counter()
     results = [label_report_full(r["text"]) for r in track(reports, description="labelling IU-Xray")]
     elapsed = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    baseline = [baseline_label(r["text"]) for r in reports]
+    elapsed_base = time.perf_counter() - t0
     truth, sides = zip(*(_tag_labels(r["tags"]) for r in reports))
-    out = _pr_table("IU-Xray (MeSH weak labels)", [r.labels for r in results], list(truth))
+    support = {n: sum(t[n] == 1.0 for t in truth) for n in CHEXPERT_LABELS}
+    labels = [n for n in CHEXPERT_LABELS if support[n] >= min_support]
+    out: dict = {"n": len(reports), "labels_compared": labels, "min_support": min_support, "support_all": support}
+    preds = [r.labels for r in results]
+    for split, keep in (("development (odd ids)", lambda i: i % 2 == 1), ("held-out (even ids)", lambda i: i % 2 == 0),
+                        ("all", lambda i: True)):
+        idx = [j for j, r in enumerate(reports) if keep(report_number(r["id"]))]
+        out[split.split()[0]] = compare_on(split, [reports[j] for j in idx], [preds[j] for j in idx],
+                                           [baseline[j] for j in idx], [truth[j] for j in idx], labels)
+    losses = [f"{split}/{policy}/{n}" for split in ("development", "held-out", "all")
+              for policy in ("positive", "negative")
+              for n, ok in out[split][f"uncertain_{policy}"]["labeler_beats_baseline"].items() if not ok]
+    out["labeler_loses_or_ties"] = losses
+    out["labeler_beats_baseline_everywhere"] = not losses
+    console.print(("[green]labeler beats the baseline on every label, split and policy" if not losses else
+                   f"[red]labeler does not beat the baseline on: {', '.join(losses)}"))
     agree = total = 0
     for res, side in zip(results, sides):
         for name in LATERAL_FINDINGS:
@@ -136,9 +219,10 @@ def bench_iu(wheel_dir: Path) -> dict:
                 total += 1
                 agree += res.laterality[name] == side[name]
     out["laterality_agreement"] = {"agree": agree, "compared": total, "rate": agree / total if total else None}
-    out["seconds"] = elapsed
+    out["seconds_labeler"], out["seconds_baseline"] = elapsed, elapsed_base
     out["mapping"] = {k: [f"{t}" + (f" + {q}" if q else "") for t, q in v] for k, v in MESH_TO_CHEXPERT.items()}
-    console.print(f"laterality agreement where both name a side: {agree}/{total}; {len(reports)} reports in {elapsed:.2f}s")
+    console.print(f"laterality agreement where both name a side: {agree}/{total}; {len(reports)} reports in "
+                  f"{elapsed:.2f}s (baseline {elapsed_base:.2f}s)")
     return out
 
 

