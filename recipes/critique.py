@@ -9,6 +9,10 @@ Rows: the cxr_max builder's ``apo`` config (prompt, chosen = consensus, rejected
 their names and drift-aware weights), or ``--dataset_path``. The reference is the learn checkpoint itself:
 with ``--precompute_ref_log_probs`` (the tiny default) its log-probs are computed once and cached, so only one
 model is held; with ``--use_peft`` the adapter is disabled for the reference; otherwise a frozen copy is loaded.
+Resuming a full fine-tune (``--resume_from_checkpoint``) keeps the learn checkpoint as the reference.
+Without ``--data_dir``/``--dataset_path`` the rows come from the embedded synthetic world (a banner says so, and
+``training_stages.json`` records it); the Qwen YAMLs set ``require_data: true``. ``--ranking full`` orders each
+row's negatives by their agreement with the consensus (``rejected_agreement``) unless ``--full_ranking_by given``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from trl import ModelConfig, TrlParser  # noqa: E402
 from cxr_max.training.apo_config import APOConfig  # noqa: E402
 from cxr_max.training.apo_trainer import APOTrainer  # noqa: E402
 from cxr_max.training.devices import cpu_safe  # noqa: E402
-from cxr_max.training.recipe_utils import load_rows, run_stage  # noqa: E402
+from cxr_max.training.recipe_utils import describe_data, load_rows, require_data_location, run_stage  # noqa: E402
 
 
 @dataclass
@@ -38,9 +42,28 @@ class CritiqueArguments:
     preferences: str | None = field(default=None, metadata={"help": "Compare-stage preference rows (file or folder)."})
     synthetic_patients: int | None = field(default=None, metadata={"help": "Size of the embedded synthetic data."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
+    require_data: bool = field(default=False, metadata={"help": "Stop unless --data_dir or --dataset_path is given "
+                               "(the Qwen YAMLs set it: no silent training on the embedded synthetic world)."})
+    freeze_vit: bool = field(default=True, metadata={"help": "With --use_peft, leave the vision encoder and merger "
+                             "out of LoRA (the released recipe's setting); false adapts them too."})
+    min_pixels: int | None = field(default=None, metadata={"help": "Qwen-VL processors: fewest pixels per image."})
+    max_pixels: int | None = field(default=None, metadata={"help": "Qwen-VL processors: most pixels per image "
+                                   "(1003520 in the Qwen YAMLs; None: the processor's own)."})
 
 
-APO_COLUMNS = ("images", "prompt", "chosen", "rejected", "rejected_teachers", "rejected_weights")
+APO_COLUMNS = ("images", "prompt", "chosen", "rejected", "rejected_teachers", "rejected_weights", "rejected_agreement")
+
+
+def stage_options(script_args: CritiqueArguments, stage: str, in_process: bool) -> dict:
+    """``run_stage`` keywords shared by critique and the DPO baseline: the data record (after the
+    ``require_data`` check), the LoRA scope and the image bound."""
+    if not in_process:
+        require_data_location(script_args.require_data, stage, data_dir=script_args.data_dir,
+                              dataset_path=script_args.dataset_path)
+    data = describe_data(data_dir=script_args.data_dir, dataset_path=script_args.dataset_path,
+                         in_process=in_process, stage=stage)
+    return dict(data=data, freeze_vit=script_args.freeze_vit, min_pixels=script_args.min_pixels,
+                max_pixels=script_args.max_pixels)
 
 
 def preference_rows(script_args: CritiqueArguments, dataset=None):
@@ -59,10 +82,11 @@ def main(script_args: CritiqueArguments, training_args: APOConfig, model_args: M
     cpu_safe(training_args)
     if not model_args.model_name_or_path:
         raise ValueError("critique needs --model_name_or_path: the learn stage's output folder")
+    options = stage_options(script_args, "critique", in_process=dataset is not None)
     dataset = preference_rows(script_args, dataset)
 
     out, trainer = run_stage(APOTrainer, dataset, training_args, model_args, model_path=model_args.model_name_or_path,
-                             stage="critique")
+                             stage="critique", **options)
     if trainer.accelerator.is_main_process:
         print(f"critique: saved the APO student to {out}")
     return out

@@ -20,7 +20,7 @@ from cxr_max.training.pairwise import expand_pairwise  # noqa: E402
 from cxr_max.training.recipe_utils import run_stage  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from critique import CritiqueArguments, preference_rows  # noqa: E402
+from critique import CritiqueArguments, preference_rows, stage_options  # noqa: E402
 
 
 def main(script_args: CritiqueArguments, training_args: DPOConfig, model_args: ModelConfig, dataset=None) -> str:
@@ -28,11 +28,13 @@ def main(script_args: CritiqueArguments, training_args: DPOConfig, model_args: M
     cpu_safe(training_args)
     if not model_args.model_name_or_path:
         raise ValueError("dpo_baseline needs --model_name_or_path: the learn stage's output folder")
+    options = stage_options(script_args, "dpo", in_process=dataset is not None)
     dataset = preference_rows(script_args, dataset)
     pairs = expand_pairwise(dataset).remove_columns("rejected_teacher")
+    pairs = pairs.remove_columns([c for c in ("rejected_agreement",) if c in pairs.column_names])
 
     out, trainer = run_stage(DPOTrainer, pairs, training_args, model_args, model_path=model_args.model_name_or_path,
-                             stage="dpo")
+                             stage="dpo", **options)
     if trainer.accelerator.is_main_process:
         print(f"dpo_baseline: saved the pairwise-DPO student to {out}")
     return out

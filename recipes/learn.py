@@ -9,6 +9,12 @@ Without ``--model_name_or_path`` the embedded tiny LLaVA student is built offlin
 these trajectories. LoRA (``--use_peft``) is merged into the base at the end so the critique stage starts from
 one full model, which is also its reference.
 
+A run without ``--data_dir``/``--dataset_path`` trains on the embedded synthetic world whatever the model: it
+says so in a banner and records it in ``training_stages.json`` and the model card (the Qwen YAMLs set
+``require_data: true``, so there it is an error instead). ``--max_pixels`` bounds Qwen-VL images (the YAMLs use
+1003520, 1280 visual tokens); with ``--use_peft`` LoRA leaves the vision encoder and merger frozen unless
+``--freeze_vit false``.
+
 Two options exist for students whose vision side starts untrained (the tiny default sets both in its YAML;
 see ``cxr_max.training.multimodal``): ``--vision_lr`` trains the vision encoder and projector at their own
 learning rate, and ``--align_epochs`` first runs a short feature-alignment pass on captions of the findings
@@ -29,7 +35,14 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser  # noqa: E402
 from cxr_max.errors import SkipLog  # noqa: E402
 from cxr_max.training.devices import cpu_safe  # noqa: E402
 from cxr_max.training.multimodal import finding_captions, vision_optimizer  # noqa: E402
-from cxr_max.training.recipe_utils import drop_refusals, load_rows, run_stage, trajectory_texts  # noqa: E402
+from cxr_max.training.recipe_utils import (  # noqa: E402
+    describe_data,
+    drop_refusals,
+    load_rows,
+    require_data_location,
+    run_stage,
+    trajectory_texts,
+)
 
 
 @dataclass
@@ -52,12 +65,24 @@ class LearnArguments:
     align_epochs: float = field(default=0.0, metadata={"help": "Feature-alignment epochs on teacher-derived finding "
                                 "captions before the SFT (0: none; for students whose vision side starts random)."})
     align_learning_rate: float = field(default=3e-4, metadata={"help": "Learning rate of the alignment pass."})
+    require_data: bool = field(default=False, metadata={"help": "Stop unless --data_dir or --dataset_path is given "
+                               "(the Qwen YAMLs set it: no silent training on the embedded synthetic world)."})
+    freeze_vit: bool = field(default=True, metadata={"help": "With --use_peft, leave the vision encoder and merger "
+                             "out of LoRA (the released recipe's setting); false adapts them too."})
+    min_pixels: int | None = field(default=None, metadata={"help": "Qwen-VL processors: fewest pixels per image."})
+    max_pixels: int | None = field(default=None, metadata={"help": "Qwen-VL processors: most pixels per image "
+                                   "(1003520 = 1280 visual tokens in the Qwen YAMLs; None: the processor's own)."})
 
 
 def main(script_args: LearnArguments, training_args: SFTConfig, model_args: ModelConfig, dataset=None) -> str:
     """Run SFT; returns the folder of the trained student (also printed)."""
     cpu_safe(training_args)
     skips = SkipLog()
+    if dataset is None:
+        require_data_location(script_args.require_data, "learn", data_dir=script_args.data_dir,
+                              dataset_path=script_args.dataset_path)
+    data = describe_data(data_dir=script_args.data_dir, dataset_path=script_args.dataset_path,
+                         in_process=dataset is not None, stage="learn")
     if dataset is None:
         dataset = load_rows(script_args.dataset_path, script_args.dataset_config, script_args.split,
                             data_dir=script_args.data_dir, trajectories=script_args.trajectories,
@@ -80,11 +105,12 @@ def main(script_args: LearnArguments, training_args: SFTConfig, model_args: Mode
                                vocab_size=script_args.tiny_vocab_size)
             tiny_vlm(trajectory_texts(dataset), model_path, spec=spec, seed=training_args.seed)
     if script_args.align_epochs > 0:
-        model_path = align(dataset, script_args, training_args, model_args, model_path)
+        model_path = align(dataset, script_args, training_args, model_args, model_path, data)
     extra = {"optimizer_cls_and_kwargs": vision_optimizer(training_args, script_args.vision_lr)} \
         if script_args.vision_lr is not None else {}
     out, trainer = run_stage(SFTTrainer, dataset, training_args, model_args, model_path=model_path, stage="learn",
-                             **extra)
+                             data=data, freeze_vit=script_args.freeze_vit, min_pixels=script_args.min_pixels,
+                             max_pixels=script_args.max_pixels, **extra)
     if trainer.accelerator.is_main_process:
         if skips.total:
             print(skips.summary())
@@ -93,7 +119,7 @@ def main(script_args: LearnArguments, training_args: SFTConfig, model_args: Mode
 
 
 def align(dataset, script_args: LearnArguments, training_args: SFTConfig, model_args: ModelConfig,
-          model_path: str) -> str:
+          model_path: str, data: dict | None = None) -> str:
     """Feature alignment: SFT on finding captions (``finding_captions``) into ``<output_dir>/align``.
 
     Reused when that folder already holds a finished model; ``--resume_from_checkpoint`` resumes it too.
@@ -107,7 +133,9 @@ def align(dataset, script_args: LearnArguments, training_args: SFTConfig, model_
     args = dataclasses.replace(training_args, output_dir=str(folder), num_train_epochs=script_args.align_epochs,
                                learning_rate=script_args.align_learning_rate, push_to_hub=False,
                                resume_from_checkpoint=resume)
-    out, _ = run_stage(SFTTrainer, finding_captions(dataset), args, model_args, model_path=model_path, stage="align")
+    out, _ = run_stage(SFTTrainer, finding_captions(dataset), args, model_args, model_path=model_path, stage="align",
+                       data=data, freeze_vit=script_args.freeze_vit, min_pixels=script_args.min_pixels,
+                       max_pixels=script_args.max_pixels)
     return out
 
 

@@ -89,14 +89,82 @@ def load_policy(path: str, model_args=None, training_args=None):
     return cls.from_pretrained(path, **kwargs)
 
 
-def load_processing(path: str, trust_remote_code: bool = False):
-    """The processor (VLM) or tokenizer (text model) saved with a model."""
+def load_processing(path: str, trust_remote_code: bool = False, *, min_pixels: int | None = None,
+                    max_pixels: int | None = None):
+    """The processor (VLM) or tokenizer (text model) saved with a model.
+
+    ``min_pixels``/``max_pixels`` bound the resized image of processors that resize to a pixel budget
+    (Qwen2-VL / Qwen2.5-VL: ``size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}``); the bound is
+    saved with the trained model. See :func:`bound_image_size`.
+    """
     from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     if config.get_text_config() is not config:
-        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        bound_image_size(processor, min_pixels=min_pixels, max_pixels=max_pixels)
+        return processor
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+# Above this many pixels a Qwen-style processor makes more visual tokens than the recipes' max_length holds
+# (one token per 28 x 28 pixels: 4M pixels ~ 5k tokens).
+UNBOUNDED_PIXELS_WARNING = 4_000_000
+
+
+def bound_image_size(processor, *, min_pixels: int | None = None, max_pixels: int | None = None):
+    """Set the pixel budget of a processor that resizes images to one (Qwen2-VL / Qwen2.5-VL), in place.
+
+    Qwen2.5-VL's published default admits ~12.8M pixels: a full-resolution MIMIC-CXR-JPG image (~2.5k x 3k)
+    would become ~10k visual tokens, far above any training ``max_length``. The recipes' Qwen YAMLs set
+    ``max_pixels: 1003520`` (1280 visual tokens, the authors' CPO scripts' bound). A processor with a fixed input
+    size (LLaVA/CLIP) has no pixel budget: a bound given for it raises ``ValueError`` rather than being ignored.
+    Returns the processor's ``(min_pixels, max_pixels)`` after the change (``None`` for a fixed-size processor).
+    """
+    image_processor = getattr(processor, "image_processor", None)
+    size = getattr(image_processor, "size", None)
+    get = (lambda k: size.get(k)) if isinstance(size, dict) else (lambda k: getattr(size, k, None))
+    budget = image_processor is not None and get("longest_edge") is not None and get("shortest_edge") is not None \
+        and type(image_processor).__name__.startswith(("Qwen2VL", "Qwen2_5", "Qwen3VL"))
+    if not budget:
+        if min_pixels is not None or max_pixels is not None:
+            raise ValueError(f"min_pixels/max_pixels given, but {type(image_processor).__name__} resizes images to a "
+                             "fixed size and has no pixel budget")
+        return None
+    lo = int(min_pixels) if min_pixels is not None else int(get("shortest_edge"))
+    hi = int(max_pixels) if max_pixels is not None else int(get("longest_edge"))
+    if lo > hi:
+        raise ValueError(f"min_pixels {lo} > max_pixels {hi}")
+    if min_pixels is not None or max_pixels is not None:
+        image_processor.size = {"shortest_edge": lo, "longest_edge": hi}
+        for attr, value in (("min_pixels", lo), ("max_pixels", hi)):
+            if hasattr(image_processor, attr):
+                setattr(image_processor, attr, value)
+    if hi > UNBOUNDED_PIXELS_WARNING:
+        logger.warning("the image processor admits up to %d pixels per image (~%d visual tokens): set max_pixels "
+                       "(the Qwen YAMLs use 1003520) or long images are cut by max_length", hi, hi // 784)
+    return lo, hi
+
+
+def lora_config(model_args, model=None, *, freeze_vit: bool = True):
+    """TRL's LoRA config from ``model_args`` (None without ``--use_peft``), with the vision side left out.
+
+    ``freeze_vit=True`` (the default, the released ms-swift recipe's setting: its ``freeze_vit`` defaults to true)
+    excludes the vision encoder and the merger/projector (modules named as in
+    :data:`cxr_max.training.multimodal.VISION_MODULES`) from ``lora_target_modules`` -- with ``all-linear`` PEFT
+    would otherwise adapt every linear layer of the ViT too. ``freeze_vit=False`` adapts them as well.
+    """
+    from trl import get_peft_config
+
+    from cxr_max.training.multimodal import VISION_MODULES, is_vision_parameter
+
+    config = get_peft_config(model_args)
+    if config is None or not freeze_vit:
+        return config
+    if model is not None and not any(is_vision_parameter(n) for n, _ in model.named_parameters()):
+        return config  # a text model: nothing to leave out
+    config.exclude_modules = r".*\b(" + "|".join(VISION_MODULES) + r")\b.*"
+    return config
 
 
 def resolve_resume(training_args) -> str | bool | None:
@@ -115,6 +183,11 @@ def resolve_resume(training_args) -> str | bool | None:
     if not Path(value).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
     return str(value)
+
+
+def resumed_from_full_checkpoint(model_path: str, resume: str | None) -> bool:
+    """Whether :func:`policy_source` loads the policy from the resumed checkpoint instead of ``model_path``."""
+    return policy_source(model_path, resume) != model_path
 
 
 def policy_source(model_path: str, resume: str | None) -> str:
@@ -141,21 +214,89 @@ _STAGE_HPARAMS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_
                   "gradient_accumulation_steps", "warmup_steps", "lr_scheduler_type", "max_length", "beta",
                   "loss_type", "ranking", "max_negatives", "use_negative_weights", "seed", "bf16")
 
+SYNTHETIC_BANNER = (
+    "\n" + "!" * 100 + "\n"
+    "!!  {stage}: NO DATA LOCATION GIVEN -- training on the EMBEDDED SYNTHETIC world (generated images, simulated\n"
+    "!!  teachers), NOT on MIMIC-CXR, whatever the model. Recorded in training_stages.json and the model card.\n"
+    "!!  For real data pass --data_dir <MIMIC-CXR-JPG root> (and --trajectories / --preferences) or --dataset_path.\n"
+    + "!" * 100 + "\n"
+)
+
+
+def describe_data(*, data_dir: str | None = None, dataset_path: str | None = None, in_process: bool = False,
+                  stage: str = "train") -> dict:
+    """What a stage trains on, for ``training_stages.json`` and the model card: ``{"source", "synthetic",
+    "location"}``. ``source`` is ``"embedded synthetic"``, ``"mimic-cxr-jpg"``, ``"rows"`` (``--dataset_path``)
+    or ``"in-process"`` (a dataset object handed to ``main``: unknown, never claimed as MIMIC-CXR).
+
+    A ``data_dir`` that is a cxr_max synthetic world (a ``truth.jsonl`` beside or in it) counts as synthetic.
+    With no data location at all the stage trains on the embedded synthetic world: a banner says so.
+    """
+    if dataset_path:
+        return {"source": "rows", "synthetic": None, "location": str(dataset_path)}
+    if in_process:
+        return {"source": "in-process", "synthetic": None, "location": None}
+    if data_dir:
+        root = Path(data_dir)
+        synthetic = (root / "truth.jsonl").is_file() or (root.parent / "truth.jsonl").is_file()
+        return {"source": "embedded synthetic" if synthetic else "mimic-cxr-jpg", "synthetic": synthetic,
+                "location": str(data_dir)}
+    print(SYNTHETIC_BANNER.format(stage=stage), flush=True)
+    logger.warning("%s: no data location given; training on the embedded synthetic world, not MIMIC-CXR", stage)
+    return {"source": "embedded synthetic", "synthetic": True, "location": None}
+
+
+def require_data_location(required: bool, stage: str, **locations) -> None:
+    """``--require_data true`` (the Qwen YAMLs): stop unless a data location was given."""
+    if required and not any(locations.values()):
+        raise SystemExit(f"{stage}: this config requires a data location ({' or '.join('--' + k for k in locations)}); "
+                         "without one the stage would train on the embedded synthetic world. Pass one, or "
+                         "--require_data false to train on the synthetic world deliberately.")
+
+
+def _is_zero3(trainer) -> bool:
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return bool(getattr(trainer, "is_deepspeed_enabled", False) and plugin is not None and plugin.zero_stage == 3)
+
+
+def _merge_adapter_from_disk(trainer, output_dir: str, base_path: str) -> None:
+    """ZeRO-3 + LoRA: the parameters are partitioned, so ``merge_and_unload`` on them would merge shards. Save the
+    adapter (``Trainer`` gathers its 16-bit weights), then merge it into the base checkpoint on the CPU on the main
+    process, in the policy's dtype."""
+    from peft import PeftModel
+
+    adapter_dir = Path(output_dir) / "adapter"
+    trainer.save_model(str(adapter_dir))
+    if trainer.accelerator.is_main_process:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        config = AutoConfig.from_pretrained(base_path)
+        cls = AutoModelForImageTextToText if config.get_text_config() is not config else AutoModelForCausalLM
+        base = cls.from_pretrained(base_path, dtype=model.dtype, device_map=None)
+        PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().save_pretrained(output_dir)
+
 
 def save_final(trainer, processing_class, output_dir: str, merge_lora: bool = True, *, stage: str | None = None,
-               source: str | None = None) -> str:
+               source: str | None = None, data: dict | None = None) -> str:
     """Save the trained model (LoRA merged into the base when ``merge_lora``) and its processor; return the path.
 
     With ``stage``, also record the training lineage the model card needs: ``training_stages.json`` (the
-    stages of ``source``, the folder this stage started from, plus this one, with its hyperparameters
-    and the base model) and ``all_results.json`` (this stage's final training metrics).
+    stages of ``source``, the folder this stage started from, plus this one, with its hyperparameters,
+    the base model and ``data`` -- what it trained on, see :func:`describe_data`) and ``all_results.json``
+    (this stage's final training metrics). Under DeepSpeed ZeRO-3 a LoRA policy is merged from the saved adapter
+    and the base checkpoint ``source`` (the partitioned parameters cannot be merged in place).
     """
     import json
 
     from accelerate.utils import is_peft_model
 
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if merge_lora and is_peft_model(model):
+    if merge_lora and is_peft_model(model) and _is_zero3(trainer):
+        if source is None:
+            raise ValueError("save_final under ZeRO-3 with LoRA needs source= (the base checkpoint to merge into)")
+        _merge_adapter_from_disk(trainer, output_dir, source)
+    elif merge_lora and is_peft_model(model):
         model = model.merge_and_unload()
         if trainer.accelerator.is_main_process:
             model.save_pretrained(output_dir)
@@ -172,7 +313,10 @@ def save_final(trainer, processing_class, output_dir: str, merge_lora: bool = Tr
             optimizer = getattr(trainer, "optimizer_cls_and_kwargs", None)
             if optimizer and "vision_lr" in optimizer[1]:
                 hp["vision_lr"] = optimizer[1]["vision_lr"]
-            stages.append({"name": stage, "description": STAGE_DESCRIPTIONS.get(stage, stage), "hyperparameters": hp})
+            entry = {"name": stage, "description": STAGE_DESCRIPTIONS.get(stage, stage), "hyperparameters": hp}
+            if data is not None:
+                entry["data"] = data
+            stages.append(entry)
             (Path(output_dir) / STAGES_FILE).write_text(json.dumps(stages, indent=2, default=str))
             final = next((h for h in reversed(trainer.state.log_history) if "train_loss" in h), {})
             trainer.save_metrics("train", {k: v for k, v in final.items() if isinstance(v, (int, float))}, combined=True)
@@ -210,26 +354,74 @@ def push_if_requested(request: dict | None, folder: str, *, datasets=("cxr_max-s
 
     stages = json.loads((Path(folder) / STAGES_FILE).read_text())
     base = stages[0]["hyperparameters"].get("model_name_or_path") if stages else None
+    description, limitations = card_data_text(stages)
     plan = push_checkpoint(folder, request["repo_id"], private=request["private"], base_model=base,
-                           datasets=list(datasets), endpoint=endpoint)
+                           datasets=list(datasets), endpoint=endpoint, data_description=description,
+                           limitations=limitations)
     print(f"pushed {folder} to {request['repo_id']} ({'private' if request['private'] else 'public'})")
     return plan
 
 
-def run_stage(trainer_cls, dataset, training_args, model_args, *, model_path: str, stage: str, **trainer_kwargs):
+def card_data_text(stages: list[dict]) -> tuple[str, list[str]]:
+    """The model card's data paragraph and extra limitations, from the stages' ``data`` records: MIMIC-CXR is
+    named only when every stage says it trained on a MIMIC-CXR-JPG folder."""
+    sources = [s.get("data", {}).get("source") for s in stages]
+    if sources and all(src == "mimic-cxr-jpg" for src in sources):
+        return ("Trained on MIMIC-CXR-JPG (credentialed PhysioNet data, read locally by the cxr_max builder) with "
+                "teacher trajectories; no image or report text is part of this repository.", [])
+    if any(src == "embedded synthetic" for src in sources):
+        which = ", ".join(s["name"] for s in stages if s.get("data", {}).get("source") == "embedded synthetic")
+        return ("**Trained on the embedded synthetic world of cxr_max, not on MIMIC-CXR** (stages: " + which + "): "
+                "generated chest-X-ray-like images and simulated teachers. This model has not seen a real chest "
+                "X-ray; the MIMIC-CXR remarks below describe the recipe's intended data, not this model's.",
+                ["Trained on synthetic images and simulated teachers only: its outputs say nothing about real "
+                 "chest X-rays."])
+    return ("Trained on rows supplied to the recipes (" + ", ".join(str(s) for s in sources) + "); their origin "
+            "is not recorded, so no dataset is claimed.", ["The training data's origin is not recorded."])
+
+
+def run_stage(trainer_cls, dataset, training_args, model_args, *, model_path: str, stage: str,
+              data: dict | None = None, freeze_vit: bool = True, min_pixels: int | None = None,
+              max_pixels: int | None = None, **trainer_kwargs):
     """The part every training recipe shares: load, train (resuming if asked), save with lineage, push.
 
-    Returns ``(output_dir, trainer)``. ``model_path`` is the checkpoint the stage starts from.
+    Returns ``(output_dir, trainer)``. ``model_path`` is the checkpoint the stage starts from. ``data``
+    (:func:`describe_data`) is recorded in ``training_stages.json``; ``freeze_vit`` goes to :func:`lora_config`;
+    ``min_pixels``/``max_pixels`` to :func:`bound_image_size`.
+
+    Resuming a full fine-tune loads the policy from the checkpoint (:func:`policy_source`); a preference trainer
+    (``trl.DPOTrainer`` and :class:`~cxr_max.training.APOTrainer`) would then copy its reference from that
+    checkpoint too, so the reference is loaded here from ``model_path`` -- the model the stage started from --
+    in the policy's dtype and attention implementation.
     """
-    from trl import get_peft_config
+    from trl import DPOTrainer
 
     push = take_hub_push(training_args)  # one private push of the final model, with cxr_max's card
     resume = resolve_resume(training_args)
     model = load_policy(policy_source(model_path, resume), model_args, training_args)
-    processing_class = load_processing(model_path, training_args.trust_remote_code)
+    processing_class = load_processing(model_path, training_args.trust_remote_code, min_pixels=min_pixels,
+                                       max_pixels=max_pixels)
+    peft_config = lora_config(model_args, model, freeze_vit=freeze_vit)
+    if (issubclass(trainer_cls, DPOTrainer) and peft_config is None and trainer_kwargs.get("ref_model") is None
+            and not getattr(training_args, "ref_model_path", None) and resumed_from_full_checkpoint(model_path, resume)):
+        trainer_kwargs["ref_model"] = load_reference(model_path, model, training_args)
     trainer = trainer_cls(model, args=training_args, train_dataset=dataset, processing_class=processing_class,
-                          peft_config=get_peft_config(model_args), **trainer_kwargs)
+                          peft_config=peft_config, **trainer_kwargs)
     trainer.train(resume_from_checkpoint=resume)
-    out = save_final(trainer, processing_class, training_args.output_dir, stage=stage, source=model_path)
+    out = save_final(trainer, processing_class, training_args.output_dir, stage=stage, source=model_path, data=data)
     push_if_requested(push, out)
     return out, trainer
+
+
+def load_reference(path: str, policy, training_args=None):
+    """A frozen reference from ``path`` built like ``policy``: its dtype and attention implementation, on the CPU
+    with no device map (the trainer places it, as TRL does for its own copy)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    trust = bool(getattr(training_args, "trust_remote_code", False))
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
+    cls = AutoModelForImageTextToText if config.get_text_config() is not config else AutoModelForCausalLM
+    ref = cls.from_pretrained(path, dtype=policy.dtype, attn_implementation=policy.config._attn_implementation,
+                              device_map=None, trust_remote_code=trust)
+    ref.eval()
+    return ref
