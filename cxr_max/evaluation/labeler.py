@@ -295,7 +295,9 @@ _POST_NEG_VERB = _rx(
 )
 _PLURAL_VERB = _rx(r"\s*(?:are|were|have|appear|remain|seem|look)\b")
 _LIST_AND_OR = _rx(r"\b(?:and|or|nor)\b")
-_LIST_BREAKERS = _rx(r"\b(?:lungs?|there|otherwise|which|with|without)\b|[;:]")
+_LIST_BREAKERS = _rx(
+    r"\b(?:lungs?|there|otherwise|which|with|without|is|are|was|were|has|have|appears?|shows?|measur\w*)\b|[;:]"
+)
 
 
 def _negated_after(post: str) -> bool:
@@ -332,7 +334,8 @@ _PRE_UNC = _rx(
 _POST_UNC = _rx(
     r"^[^,.]{0,50}?\b(?:(?:is|are|was|were|be|seems?|appears?)\s+(?:\w+\s+)?(?:possible|possibly|suspected|"
     r"questioned|questionable|considered|likely|unlikely|probable|a consideration|a concern|"
-    r"in the differential)|versus|vs\.?|or not|(?:could|cannot|can't) be (?:distinguished|differentiated))\b|"
+    r"in the differential)|versus|vs\.?|or not|(?:could|cannot|can't) be (?:distinguished|differentiated)|"
+    r"(?:may|might|could|can)\s+(?:also\s+|well\s+)?be\s+(?:present|seen|noted|there))\b|"
     r"^\s*\?|^[^.,]{0,40}\?"
 )
 
@@ -518,7 +521,33 @@ def _side_of(text: str, start: int, end: int, cstart: int, cend: int) -> str | N
         if re.match(r"\s*(?:greater|more|larger|worse|>|and)\s+(?:than\s+)?(?:left|right)", rest):
             return "bilateral"
         return "left" if word in ("left", "lt", "lingula", "lll", "lul") else "right"
-    return None
+    return _inherited_side(pre_full, cut)
+
+
+_INHERIT_FROM = _rx(r"\b(?:opaci\w*|densit\w*|air[ -]?space (?:disease|process)|infiltrat\w*|effusions?)\b")
+_INHERIT_CUE = _rx(r"\b(?:adjacent|associated|overlying|subjacent|underlying)\b")
+
+
+def _inherited_side(pre_full: str, cut: int) -> str | None:
+    """The side a mention takes from the part of its clause before it, when it names none itself: an
+    appositive explaining a sided opacity ("left lower lobe opacity, atelectasis versus consolidation",
+    "right basilar opacity, likely atelectasis") or a finding "adjacent to"/"associated with" a sided one
+    ("small left effusion and adjacent atelectasis")."""
+    if cut == 0:
+        return None
+    before, own = pre_full[:cut], pre_full[cut:]
+    prev_start = 0
+    for m in _SIDE_CUT.finditer(before[:-1]):
+        prev_start = m.end()
+    previous = before[prev_start:]
+    if not (_INHERIT_CUE.search(own) or (before.rstrip().endswith(",") and _INHERIT_FROM.search(previous))):
+        return None
+    if _BILATERAL.search(previous):
+        return "bilateral"
+    left, right = bool(_LEFT.search(previous)), bool(_RIGHT.search(previous))
+    if left and right:
+        return "bilateral"
+    return "left" if left else "right" if right else None
 
 
 _AGG_RANK = {None: 0, NEGATIVE: 1, UNCERTAIN: 2, POSITIVE: 3}
