@@ -136,8 +136,34 @@ def tiny_lm(texts: Iterable[str], output_dir: str | Path | None = None, *, hidde
     return model, tokenizer
 
 
+def vision_config(spec: TinyVLMSpec):
+    """The ``CLIPVisionConfig`` of the tiny student's vision tower (also what :mod:`.pretrain` trains)."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_hidden * 2,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        num_channels=3,
+        projection_dim=spec.vision_hidden,
+    )
+
+
+def tiny_image_processor(spec: TinyVLMSpec):
+    """The PIL-only CLIP image processor of the tiny student (resize + centre crop to ``image_size``)."""
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": spec.image_size},
+        crop_size={"height": spec.image_size, "width": spec.image_size},
+    )
+
+
 def tiny_vlm(texts: Iterable[str], output_dir: str | Path | None = None, spec: TinyVLMSpec | None = None,
-             seed: int = 0):
+             seed: int = 0, vision_init: str | Path | None = None):
     """Build the tiny LLaVA student, its tokenizer and processor.
 
     Args:
@@ -146,13 +172,13 @@ def tiny_vlm(texts: Iterable[str], output_dir: str | Path | None = None, spec: T
             ``AutoProcessor.from_pretrained(output_dir)`` (and TRL given the path) reload them.
         spec: sizes; :class:`TinyVLMSpec` defaults.
         seed: weight-initialisation seed (deterministic).
+        vision_init: a pretrained tower folder (:func:`cxr_max.training.pretrain.pretrained_vision`) whose
+            weights replace the random vision tower; the projector and the language model stay random.
 
     Returns:
         ``(model, processor)``. An image takes ``(image_size // patch_size) ** 2`` ``<image>`` tokens.
     """
     from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
         LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
@@ -165,16 +191,7 @@ def tiny_vlm(texts: Iterable[str], output_dir: str | Path | None = None, spec: T
     tokenizer = train_tokenizer(texts, vocab_size=spec.vocab_size)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
     n_image_tokens = (spec.image_size // spec.patch_size) ** 2
-    vision = CLIPVisionConfig(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 2,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.vision_heads,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-        num_channels=3,
-        projection_dim=spec.vision_hidden,
-    )
+    vision = vision_config(spec)
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.text_hidden,
@@ -198,12 +215,13 @@ def tiny_vlm(texts: Iterable[str], output_dir: str | Path | None = None, spec: T
     )
     _seed(seed)
     model = LlavaForConditionalGeneration(config)
+    if vision_init is not None:
+        from cxr_max.training.pretrain import load_into
+
+        load_into(model, vision_init)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END)]
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": spec.image_size},
-        crop_size={"height": spec.image_size, "width": spec.image_size},
-    )
+    image_processor = tiny_image_processor(spec)
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
