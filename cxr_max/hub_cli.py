@@ -47,6 +47,7 @@ def run_export(
     shard_rows: int = 20_000,
     overwrite: bool = False,
     on_error: str = "raise",
+    dicom_dir: Optional[Path] = None,
 ):
     """Load each config with :func:`cxr_max.load_dataset` and export them to ``out``.
 
@@ -64,6 +65,17 @@ def run_export(
     kwargs = {"images": "decode" if pixels else "path"}
     if data_dir:
         kwargs["data_dir"] = str(data_dir)
+    if dicom_dir:
+        kwargs["dicom_dir"] = str(dicom_dir)
+    if data_dir and "mimic" in configs:
+        from cxr_max.mimic.reports import find_report_source
+
+        if find_report_source(dicom_dir, data_dir) is None:
+            import logging
+
+            logging.getLogger("cxr_max").warning(
+                "export of 'mimic' from %s: no reports found%s; the report, findings and impression columns are null",
+                data_dir, " in --dicom-dir" if dicom_dir else " (pass --dicom-dir <MIMIC-CXR root>, which holds them)")
     if trajectories:
         kwargs["trajectories"] = trajectories
     loaded = {name: cxr_max.load_dataset(name, **kwargs) for name in configs}
@@ -88,11 +100,12 @@ def register(app: typer.Typer) -> None:
         shard_rows: int = typer.Option(20_000, help="Target rows per parquet shard."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in --out."),
         on_error: str = typer.Option("raise", help="raise | skip rows that fail the safety check."),
+        dicom_dir: Optional[Path] = typer.Option(None, help="Local MIMIC-CXR (DICOM) root: reports and .dcm paths."),
     ) -> None:
         """Export builder configs to parquet shards + a dataset card, safe for credentialed data by default."""
         result = run_export(config, out, data_dir=data_dir, trajectories=trajectories, source=source,
                             include_pixels=include_pixels, include_reports=include_reports, shard_rows=shard_rows,
-                            overwrite=overwrite, on_error=on_error)
+                            overwrite=overwrite, on_error=on_error, dicom_dir=dicom_dir)
         m = result.manifest
         console.print(f"exported {', '.join(m['configs'])} to {result.out_dir} "
                       f"(source={m['source']}, pixels={m['include_pixels']}, reports={m['include_reports']})")

@@ -21,7 +21,7 @@ from cxr_max.labels import CHEXPERT_LABELS, MS_CXR_T_FINDINGS, label_key
 from cxr_max.synthetic import ImageTruth, ensure_synthetic, generate_world, load_truth, synthetic_name
 from cxr_max.synthetic.build import study_dir
 from cxr_max.synthetic.render import render
-from cxr_max.synthetic.world import FINDING_KEYS
+from cxr_max.synthetic.world import FINDING_KEYS, QUIRK_VIEWS
 from test_synthetic_labeler import read_labels, report_sections
 
 DICOM_ID = re.compile(r"^[0-9a-f]{8}(?:-[0-9a-f]{8}){4}$")
@@ -69,8 +69,8 @@ def test_patients_do_not_depend_on_world_size():
 def test_exact_image_count_and_name():
     patients = generate_world(seed=0, n_images=101)
     assert sum(len(s.dicom_ids) for p in patients for s in p.studies) == 101
-    assert synthetic_name(0, 160, "full") == "synthetic-v1-seed0-n160-full"
-    assert synthetic_name(0, 160, "none", n_images=24426) == "synthetic-v1-seed0-i24426-none"
+    assert synthetic_name(0, 160, "full") == "synthetic-v2-seed0-n160-full"
+    assert synthetic_name(0, 160, "none", n_images=24426) == "synthetic-v2-seed0-i24426-none"
 
 
 def test_layout_matches_physionet(world, truth):
@@ -104,8 +104,11 @@ def test_table_columns(world):
     assert cols == ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
                     "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
                     "ViewCodeSequence_CodeMeaning", "PatientOrientationCodeSequence_CodeMeaning"]
-    assert {m["ViewPosition"] for m in meta} <= {"PA", "AP", "LATERAL"}
-    assert all(re.fullmatch(r"2[12]\d{6}", m["StudyDate"]) and re.fullmatch(r"\d{6}\.\d{3}", m["StudyTime"]) for m in meta)
+    assert {m["ViewPosition"] for m in meta} <= {"PA", "AP", "LATERAL", *QUIRK_VIEWS}
+    # StudyTime as real metadata prints it: leading zeros dropped
+    assert all(re.fullmatch(r"2[12]\d{6}", m["StudyDate"]) and re.fullmatch(r"(0|[1-9]\d{0,5})\.\d{3}", m["StudyTime"])
+               for m in meta)
+    assert any(len(m["StudyTime"].split(".")[0]) < 6 for m in meta)
     assert {m["Rows"] for m in meta} == {"128"}
     assert _gz_rows(jpg / "mimic-cxr-2.0.0-split.csv.gz")[0] == ["dicom_id", "study_id", "subject_id", "split"]
     for name in ("chexpert", "negbio"):
@@ -116,6 +119,11 @@ def test_table_columns(world):
         cols = next(csv.reader(f))
     assert cols[:5] == ["dicom_id", "previous_dicom_id", "subject_id", "study_id", "previous_study_id"]
     assert set(cols[5:]) == {f"{label_key(x)}_{s}" for x in MS_CXR_T_FINDINGS for s in ("progression", "label_quality")}
+    with open(world / "ms-cxr-t" / "MS_CXR_T_temporal_image_classification_v1.0.0.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # as in the real CSV: path-like image ids, label quality one_expert / multiple_experts
+    assert all(re.fullmatch(r"p1\d/p1\d{7}/s5\d{7}/[0-9a-f-]{44}", r["dicom_id"]) for r in rows)
+    assert {r[k] for r in rows for k in r if k.endswith("_label_quality")} <= {"one_expert", "multiple_experts", ""}
 
 
 def test_splits_patient_disjoint_and_stream(truth):
@@ -134,9 +142,16 @@ def test_chexpert_table_matches_reports_and_truth(world, truth):
     _, chexpert = _gz_rows(world / "mimic-cxr-jpg" / "mimic-cxr-2.0.0-chexpert.csv.gz")
     _, negbio = _gz_rows(world / "mimic-cxr-jpg" / "mimic-cxr-2.0.0-negbio.csv.gz")
     by_study = {t.study_id: t for t in truth.values()}
-    n_normal = n_uncertain = n_imp_only = 0
+    studies = {s.study_id: s for p in generate_world(seed=3, n_patients=N) for s in p.studies}
+    n_normal = n_uncertain = n_imp_only = n_blank = 0
     for row, nrow in zip(chexpert, negbio):
-        t = by_study[row["study_id"]]
+        t, s = by_study[row["study_id"]], studies[row["study_id"]]
+        if s.label_row == "blank":  # a quirk of real tables: a row with every label cell empty
+            assert all(row[n] == "" and nrow[n] == "" for n in CHEXPERT_LABELS) and t.split == "train"
+            n_blank += 1
+            continue
+        if s.no_report or s.report_quirk:
+            continue  # checked in test_record_quirks
         report = (dcm / f"{study_dir(row['subject_id'], row['study_id'])}.txt").read_text()
         assert max(len(line) for line in report.splitlines()) <= 79
         assert report.lstrip().startswith("FINAL REPORT") and "IMPRESSION:" in report and "___" in report
@@ -164,7 +179,7 @@ def test_ms_cxr_t_labels_follow_true_severity(world, truth):
             "pneumothorax": "pneumothorax"}
     n = 0
     for r in rows:
-        cur, prev = truth[r["dicom_id"]], truth[r["previous_dicom_id"]]
+        cur, prev = truth[r["dicom_id"].rsplit("/", 1)[-1]], truth[r["previous_dicom_id"].rsplit("/", 1)[-1]]
         assert cur.subject_id == prev.subject_id and cur.stream_pos > prev.stream_pos and cur.view != "LATERAL"
         for f in MS_CXR_T_FINDINGS:
             label = r[f"{label_key(f)}_progression"]
@@ -267,7 +282,7 @@ def test_domains_and_shifted_test(tmp_path):
 def test_cache_reuse_and_safety(tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_MAX_CACHE", str(tmp_path / "cache"))
     root = ensure_synthetic(seed=1, n_patients=3, pixels="none", teachers=False)
-    assert root == tmp_path / "cache" / "synthetic-v1-seed1-n3-none"
+    assert root == tmp_path / "cache" / "synthetic-v2-seed1-n3-none"
     stamp = (root / "truth.jsonl").stat().st_mtime_ns
     assert ensure_synthetic(seed=1, n_patients=3, pixels="none", teachers=False) == root
     assert (root / "truth.jsonl").stat().st_mtime_ns == stamp
@@ -292,3 +307,67 @@ def test_load_truth_names_file_and_row(tmp_path):
     assert json.loads(lines[0])["dicom_id"] == image_truths(t)[0].dicom_id
     with pytest.raises(DataError, match="no truth.jsonl"):
         load_truth(tmp_path / "missing")
+
+
+def test_record_quirks_of_real_copies(world, truth):
+    """The default world carries real copies' quirks: other view positions (some empty), two frontals,
+    lateral-only studies, missing reports and label rows (train only), blank label rows, report layouts."""
+    from cxr_max.synthetic.reports import REPORT_QUIRKS
+
+    patients = generate_world(seed=0)
+    studies = [(p, s) for p in patients for s in p.studies]
+    views = {v for _, s in studies for v in s.meta_views}
+    assert {"LL", "AP RLD", ""} <= views and len(views - {"PA", "AP", "LATERAL"}) >= 6
+    assert any(s.meta_views.count(s.view) == 2 for _, s in studies)  # two frontals
+    assert any(s.extra and s.meta_views == ["LATERAL"] for _, s in studies)  # a lateral-only study
+    assert {s.report_quirk for _, s in studies} >= set(REPORT_QUIRKS)
+    for kind in ("no_report", "missing", "blank"):
+        hit = [p.split for p, s in studies if (s.no_report if kind == "no_report" else s.label_row == kind)]
+        assert hit and set(hit) == {"train"}, kind
+    by_kind = {s.report_quirk: s.report for _, s in studies if s.report_quirk}
+    assert "WET READ:" in by_kind["wet_read"] and "_" * 20 in by_kind["wet_read"]
+    assert "ADDENDUM:" in by_kind["addendum"]
+    assert "IMPRESSON:" in by_kind["misspelt_headers"]
+    assert "FINDINGS:" not in by_kind["no_sections"] and "IMPRESSION:" not in by_kind["no_sections"]
+    assert re.search(r"FINDINGS:\s+Comparison is made to the radiograph from ___", by_kind["phi_in_findings"])
+    # on disk (small world): no report file for a no_report study, no label row for a missing one
+    w = {s.study_id: (p, s) for p in generate_world(seed=3, n_patients=N) for s in p.studies}
+    _, chexpert = _gz_rows(world / "mimic-cxr-jpg" / "mimic-cxr-2.0.0-chexpert.csv.gz")
+    labelled = {r["study_id"] for r in chexpert}
+    for sid, (p, s) in w.items():
+        assert (world / "mimic-cxr" / f"{study_dir(p.subject_id, sid)}.txt").is_file() != s.no_report
+        assert (sid in labelled) == (s.label_row != "missing")
+
+
+def test_quirks_leave_the_frontal_images_and_truth_alone():
+    from cxr_max.synthetic.world import make_patient
+
+    for i in range(40):
+        plain, quirky = make_patient(i, 0, quirks=False), make_patient(i, 0)
+        for a, b in zip(plain.studies, quirky.studies):
+            assert b.dicom_ids[: len(a.dicom_ids)] == a.dicom_ids and b.views[: len(a.views)] == a.views
+            assert a.severity == b.severity and a.date == b.date and a.seconds == b.seconds
+    # the stream positions of the original studies do not move when quirk studies are added
+    world = generate_world(seed=0, n_patients=40)
+    pos = {s.study_id: s.stream_pos for p in world for s in p.studies if not s.extra}
+    from cxr_max.synthetic.world import assign_stream_positions
+
+    plain = [make_patient(i, 0, quirks=False) for i in range(40)]
+    assign_stream_positions(plain)
+    assert pos == {s.study_id: s.stream_pos for p in plain for s in p.studies}
+
+
+def test_identifiers_stay_valid_at_mimic_scale():
+    from cxr_max.synthetic.world import _study_id, _subject_id
+
+    subjects = [_subject_id(i, r) for i in range(0, 90_000, 7) for r in (0, 996)]
+    assert all(re.fullmatch(r"1\d{7}", s) for s in subjects)
+    assert len(set(_subject_id(i, 500) for i in range(90_000))) == 90_000
+    studies = [_study_id(i, k, r) for i in list(range(0, 90_000, 997)) + [19_999, 20_000, 89_999]
+               for k in range(7) for r in (0, 59)]
+    assert all(re.fullmatch(r"5\d{7}", s) for s in studies)
+    # every (patient, study slot) gets its own id, across the two schemes
+    ids = [_study_id(i, k, 59) for i in (0, 1, 19_999, 20_000, 39_999, 40_000, 60_000, 80_000, 89_999) for k in range(7)]
+    assert len(set(ids)) == len(ids)
+    p = __import__("cxr_max.synthetic.world", fromlist=["make_patient"]).make_patient(65_000, 0)
+    assert re.fullmatch(r"1\d{7}", p.subject_id) and all(re.fullmatch(r"5\d{7}", s.study_id) for s in p.studies)

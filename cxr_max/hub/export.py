@@ -101,11 +101,16 @@ def _teacher_frame(dd: datasets.DatasetDict) -> pd.DataFrame:
                      ignore_index=True)
 
 
+EMBED_BATCH_ROWS = 64  # images embedded per batch (a MIMIC-CXR JPG is ~1.5 MB)
+
+
 def _embed(ds: datasets.Dataset) -> datasets.Dataset:
     """Embed the bytes of local image files referenced by Image features (as ``push_to_hub`` does)."""
     if not any(safety._holds_pixels(f) for f in ds.features.values()):
         return ds
-    return ds.with_format("arrow").map(embed_table_storage, batched=True, keep_in_memory=True).with_format(None)
+    # Written to a cache file in small batches, never held in memory: with pixels, a real copy is ~0.5 TB.
+    return ds.with_format("arrow").map(embed_table_storage, batched=True, batch_size=EMBED_BATCH_ROWS,
+                                       writer_batch_size=EMBED_BATCH_ROWS, desc="embedding images").with_format(None)
 
 
 @contextlib.contextmanager

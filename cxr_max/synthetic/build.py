@@ -48,7 +48,7 @@ DEFAULT_N_PATIENTS = 160  # about 380 frontal / 490 images; builds in ~10-20 s o
 DEFAULT_IMAGE_SIZE = 256
 TINY_IMAGE_SIZE = 32
 PIXELS = ("full", "tiny", "none")
-FORMAT_VERSION = "v1"
+FORMAT_VERSION = "v2"  # v2: the quirks of real copies (views, reports, label rows, StudyTime, MS-CXR-T ids)
 
 METADATA_COLUMNS = (
     "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns",
@@ -63,7 +63,11 @@ MS_CXR_T_COLUMNS = (
     + tuple(f"{label_key(f)}_progression" for f in MS_CXR_T_FINDINGS)
     + tuple(f"{label_key(f)}_label_quality" for f in MS_CXR_T_FINDINGS)
 )
-_VIEW_MEANING = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral"}
+_VIEW_MEANING = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral", "LL": "left lateral",
+                 "AP AXIAL": "antero-posterior", "PA LLD": "postero-anterior", "AP RLD": "antero-posterior",
+                 "LAO": "left anterior oblique", "SWIMMERS": "lateral", "XTABLE LATERAL": "lateral"}
+JPG_STYLES = ("plain", "physionet")
+BROKEN_FILES_NAME = "broken_files.json"
 
 
 def cache_dir() -> Path:
@@ -73,8 +77,9 @@ def cache_dir() -> Path:
 
 def synthetic_name(seed: int = 0, n_patients: int = DEFAULT_N_PATIENTS, pixels: str = "full", *,
                    n_images: int | None = None, image_size: int | None = None, shifted_test: bool = False,
-                   shift_rate: float = 0.15) -> str:
-    """The cache folder name, e.g. ``synthetic-v1-seed0-n160-full`` (extra options add suffixes)."""
+                   shift_rate: float = 0.15, image_shape: tuple[int, int] | None = None, jpg_style: str = "plain",
+                   broken: dict[str, int] | None = None) -> str:
+    """The cache folder name, e.g. ``synthetic-v2-seed0-n160-full`` (extra options add suffixes)."""
     size = f"i{n_images}" if n_images is not None else f"n{n_patients}"
     name = f"synthetic-{FORMAT_VERSION}-seed{seed}-{size}-{pixels}"
     if image_size is not None and pixels != "none" and image_size != _default_size(pixels):
@@ -83,6 +88,12 @@ def synthetic_name(seed: int = 0, n_patients: int = DEFAULT_N_PATIENTS, pixels: 
         name += "-shiftedtest"
     if shift_rate != 0.15:
         name += f"-shift{shift_rate:g}"
+    if image_shape is not None and pixels != "none":
+        name += f"-{image_shape[0]}x{image_shape[1]}"
+    if jpg_style != "plain" and pixels != "none":
+        name += f"-{jpg_style}"
+    if broken:
+        name += "-broken" + "".join(f"-{k}{v}" for k, v in sorted(broken.items()) if v)
     return name
 
 
@@ -126,8 +137,15 @@ def generate_world(*, seed: int = 0, n_patients: int = DEFAULT_N_PATIENTS, n_ima
     for p in patients:
         prior = None
         for s in p.studies:
+            if s.extra:  # an added lateral-only study: the same findings and report as the study it was taken with
+                continue
             reports.plan_study(s, p, prior, np.random.default_rng([seed, 104729, p.index, s.index]))
             prior = s
+        for s in p.studies:
+            if s.extra:
+                base = next((b for b in p.studies if not b.extra and b.date == s.date), p.studies[0])
+                s.labels, s.laterality, s.report, s.negbio_blank = dict(base.labels), dict(base.laterality), base.report, base.negbio_blank
+    reports.apply_record_quirks(patients, seed)
     return patients
 
 
@@ -166,7 +184,14 @@ def study_dir(subject_id: str, study_id: str) -> str:
     return f"files/p{subject_id[:2]}/p{subject_id}/s{study_id}"
 
 
-def _write_tables(root: Path, patients: list[Patient], size: int) -> None:
+def _physionet_time(hhmmss: str) -> str:
+    """``084725.234`` -> ``84725.234``: StudyTime as MIMIC-CXR's metadata prints it (leading zeros dropped)."""
+    t = hhmmss.lstrip("0")
+    return "0" + t if not t or t.startswith(".") else t
+
+
+def _write_tables(root: Path, patients: list[Patient], shape: tuple[int, int]) -> None:
+    rows, cols = shape
     jpg_root, dcm_root = root / "mimic-cxr-jpg", root / "mimic-cxr"
     meta, split, chexpert, negbio, records, study_rows = [], [], [], [], [], []
     for p in patients:
@@ -174,20 +199,26 @@ def _write_tables(root: Path, patients: list[Patient], size: int) -> None:
             sdir = study_dir(p.subject_id, s.study_id)
             exam = ("CHEST (PORTABLE AP)" if s.view == "AP" else
                     "CHEST (PA AND LAT)" if s.has_lateral else "CHEST (PA)")
-            for dicom_id, view in zip(s.dicom_ids, s.views):
+            for dicom_id, kind, view in zip(s.dicom_ids, s.views, s.meta_views):
                 meta.append({
                     "dicom_id": dicom_id, "subject_id": p.subject_id, "study_id": s.study_id,
-                    "PerformedProcedureStepDescription": exam, "ViewPosition": view, "Rows": size, "Columns": size,
-                    "StudyDate": s.study_date, "StudyTime": s.study_time, "ProcedureCodeSequence_CodeMeaning": exam,
-                    "ViewCodeSequence_CodeMeaning": _VIEW_MEANING[view],
-                    "PatientOrientationCodeSequence_CodeMeaning": "Recumbent" if view == "AP" else "Erect",
+                    "PerformedProcedureStepDescription": exam, "ViewPosition": view or None, "Rows": rows, "Columns": cols,
+                    # real metadata drops StudyTime's leading zeros (84725.234 is 08:47:25.234)
+                    "StudyDate": s.study_date, "StudyTime": _physionet_time(s.study_time),
+                    "ProcedureCodeSequence_CodeMeaning": exam,
+                    "ViewCodeSequence_CodeMeaning": _VIEW_MEANING.get(view) or _VIEW_MEANING[kind],
+                    "PatientOrientationCodeSequence_CodeMeaning": "Recumbent" if kind == "AP" else "Erect",
                 })
                 split.append({"dicom_id": dicom_id, "study_id": s.study_id, "subject_id": p.subject_id, "split": p.split})
                 records.append({"subject_id": p.subject_id, "study_id": s.study_id, "dicom_id": dicom_id,
                                 "path": f"{sdir}/{dicom_id}.dcm"})
             row = {"subject_id": p.subject_id, "study_id": s.study_id}
-            chexpert.append(row | {n: _fmt_label(s.labels[n]) for n in CHEXPERT_LABELS})
-            negbio.append(row | {n: None if n in s.negbio_blank else _fmt_label(s.labels[n]) for n in CHEXPERT_LABELS})
+            if s.label_row == "normal":
+                chexpert.append(row | {n: _fmt_label(s.labels[n]) for n in CHEXPERT_LABELS})
+                negbio.append(row | {n: None if n in s.negbio_blank else _fmt_label(s.labels[n]) for n in CHEXPERT_LABELS})
+            elif s.label_row == "blank":  # the labeler found nothing to say: every cell empty
+                chexpert.append(dict(row))
+                negbio.append(dict(row))
             study_rows.append({"subject_id": p.subject_id, "study_id": s.study_id, "path": f"{sdir}.txt"})
     _gzip_csv(jpg_root / "mimic-cxr-2.0.0-metadata.csv.gz", METADATA_COLUMNS, meta)
     _gzip_csv(jpg_root / "mimic-cxr-2.0.0-split.csv.gz", SPLIT_COLUMNS, split)
@@ -203,6 +234,8 @@ def _write_reports(root: Path, patients: list[Patient]) -> None:
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for p in patients:
             for s in p.studies:
+                if s.no_report:
+                    continue
                 rel = f"{study_dir(p.subject_id, s.study_id)}.txt"
                 data = s.report.encode("utf-8")
                 _atomic_write(dcm_root / rel, data)
@@ -226,12 +259,18 @@ def _finding_severity(sev: dict[str, float], finding: str, patient: Patient) -> 
 
 
 def ms_cxr_t_rows(patients: list[Patient]) -> list[dict]:
-    """One row per consecutive pair of a patient's frontal images with at least one progression label."""
+    """One row per consecutive pair of a patient's frontal images with at least one progression label.
+
+    As in the real CSV, the image ids are path-like (``p10/p10002428/s55758034/<dicom_id>``) and
+    ``{finding}_label_quality`` is ``multiple_experts`` / ``one_expert`` (empty where there is no label).
+    """
     rows = []
     for p in patients:
-        for prev, cur in zip(p.studies, p.studies[1:]):
-            row = {"dicom_id": cur.dicom_ids[0], "previous_dicom_id": prev.dicom_ids[0], "subject_id": p.subject_id,
-                   "study_id": cur.study_id, "previous_study_id": prev.study_id}
+        studies = [s for s in p.studies if not s.extra]
+        for prev, cur in zip(studies, studies[1:]):
+            row = {"dicom_id": f"{study_dir(p.subject_id, cur.study_id)[6:]}/{cur.dicom_ids[0]}",
+                   "previous_dicom_id": f"{study_dir(p.subject_id, prev.study_id)[6:]}/{prev.dicom_ids[0]}",
+                   "subject_id": p.subject_id, "study_id": cur.study_id, "previous_study_id": prev.study_id}
             any_label = False
             for f in MS_CXR_T_FINDINGS:
                 c, q = _finding_severity(cur.severity, f, p), _finding_severity(prev.severity, f, p)
@@ -240,15 +279,31 @@ def ms_cxr_t_rows(patients: list[Patient]) -> list[dict]:
                     label = reports.progression(c, q, cur.labels.get(f) in (1.0, -1.0), prev.labels.get(f) in (1.0, -1.0))
                 key = label_key(f)
                 row[f"{key}_progression"] = label or None
-                row[f"{key}_label_quality"] = (("high" if abs(c - q) > 0.2 or abs(c - q) < 0.03 else "low")
-                                               if label else None)
+                row[f"{key}_label_quality"] = (("multiple_experts" if abs(c - q) > 0.2 or abs(c - q) < 0.03
+                                                else "one_expert") if label else None)
                 any_label |= bool(label)
             if any_label:
                 rows.append(row)
     return rows
 
 
-def _write_images(root: Path, patients: list[Patient], truths: dict[str, ImageTruth], size: int, seed: int) -> None:
+def _physionet_jpg(dcm_path: Path) -> Image.Image:
+    """A JPG the way PhysioNet made MIMIC-CXR-JPG: the DICOM's stored values min-max scaled to 8 bits,
+    MONOCHROME1 inverted, then histogram-equalised (written at quality 95 by the caller)."""
+    import pydicom
+    from PIL import ImageOps
+
+    ds = pydicom.dcmread(dcm_path)
+    a = ds.pixel_array.astype(np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    u8 = np.zeros(a.shape, np.uint8) if hi <= lo else np.rint((a - lo) / (hi - lo) * 255).astype(np.uint8)
+    if str(ds.PhotometricInterpretation) == "MONOCHROME1":
+        u8 = 255 - u8
+    return ImageOps.equalize(Image.fromarray(u8, mode="L"))
+
+
+def _write_images(root: Path, patients: list[Patient], truths: dict[str, ImageTruth], size: int, seed: int,
+                  shape: tuple[int, int] | None = None, jpg_style: str = "plain") -> None:
     jpg_root, dcm_root = root / "mimic-cxr-jpg", root / "mimic-cxr"
     total = sum(len(s.dicom_ids) for p in patients for s in p.studies)
     with _progress() as bar:
@@ -263,13 +318,40 @@ def _write_images(root: Path, patients: list[Patient], truths: dict[str, ImageTr
                         continue
                     rng = np.random.default_rng([seed, 31337, p.index, s.index, j])
                     img = render(s.severity, p.anatomy, view, s.domain, size, rng)
+                    if shape is not None and shape != (size, size):  # non-square (rows, columns), like real films
+                        img = np.asarray(Image.fromarray(img.astype(np.float32), mode="F").resize(
+                            (shape[1], shape[0]), Image.BILINEAR), dtype=np.float32).clip(0, 1)
                     out = io.BytesIO()
-                    Image.fromarray(np.round(img * 255).astype(np.uint8), mode="L").save(out, format="JPEG", quality=92)
                     tmp = dcm.with_name(dcm.name + ".tmp")
                     write_dicom(tmp, img, truths[dicom_id])
+                    if jpg_style == "physionet":
+                        _physionet_jpg(tmp).save(out, format="JPEG", quality=95)
+                    else:
+                        Image.fromarray(np.round(img * 255).astype(np.uint8), mode="L").save(out, format="JPEG", quality=92)
                     os.replace(tmp, dcm)
                     _atomic_write(jpg, out.getvalue())
                     bar.advance(job)
+
+
+def _break_files(root: Path, truths: list[ImageTruth], broken: dict[str, int], seed: int) -> None:
+    """Delete, truncate or empty some JPGs (deterministic per seed) and list them in ``broken_files.json``."""
+    rng = np.random.default_rng([seed, 4242])
+    order = [truths[i] for i in rng.permutation(len(truths))]
+    done: dict[str, list[str]] = {}
+    at = 0
+    for kind in ("missing", "truncated", "empty"):
+        for t in order[at: at + int(broken.get(kind, 0))]:
+            path = root / "mimic-cxr-jpg" / study_dir(t.subject_id, t.study_id) / f"{t.dicom_id}.jpg"
+            if kind == "missing":
+                path.unlink()
+            elif kind == "truncated":
+                data = path.read_bytes()
+                path.write_bytes(data[: len(data) // 2])
+            else:
+                path.write_bytes(b"")
+            done.setdefault(kind, []).append(t.dicom_id)
+        at += int(broken.get(kind, 0))
+    _atomic_write(root / BROKEN_FILES_NAME, json.dumps(done, indent=1).encode())
 
 
 @contextlib.contextmanager
@@ -286,28 +368,49 @@ def _lock(path: Path):
 def ensure_synthetic(root: str | Path | None = None, *, seed: int = 0, n_patients: int = DEFAULT_N_PATIENTS,
                      pixels: str = "full", teachers: bool = True, n_images: int | None = None,
                      image_size: int | None = None, shifted_test: bool = False, shift_rate: float = 0.15,
-                     tasks: Sequence[str] = ("diagnose",), samples: int = 1) -> Path:
+                     tasks: Sequence[str] = ("diagnose",), samples: int = 1,
+                     image_shape: tuple[int, int] | None = None, jpg_style: str = "plain",
+                     broken: dict[str, int] | None = None) -> Path:
     """Build the synthetic MIMIC-CXR once and return its root (see the module docstring for the layout).
 
-    root: folder to build in; default ``$CXR_MAX_CACHE/synthetic-v1-seed{seed}-n{n_patients}-{pixels}``.
+    root: folder to build in; default ``$CXR_MAX_CACHE/synthetic-v2-seed{seed}-n{n_patients}-{pixels}``.
     pixels: "full" (``image_size`` default 256), "tiny" (default 32) or "none" (tables, reports, truth and
         trajectories only; for CXR-MAX-scale benchmarks).
     teachers: also write the seven simulated teachers' trajectories (``tasks`` x ``samples`` per image).
     n_images: build exactly this many images (e.g. 24426, CXR-MAX's count) instead of ``n_patients`` patients.
     shifted_test: render every test-split image in the "shifted" (other hospital) domain;
     shift_rate: the share of other studies rendered shifted.
+    image_shape: (rows, columns) of every image, e.g. ``(320, 256)``: non-square and larger than the
+        default, as real films are (the metadata's Rows/Columns follow).
+    jpg_style: "plain" (the rendered image, quality 92) or "physionet" (from the 12-bit DICOM: min-max,
+        MONOCHROME1 inverted, histogram equalisation, quality 95, as PhysioNet made MIMIC-CXR-JPG).
+    broken: damage files on purpose, as real downloads are: ``{"missing": n, "truncated": n, "empty": n}``
+        JPGs (chosen deterministically); what was damaged is listed in ``broken_files.json``.
+
+    The default world carries the quirks of real copies that do not touch its frontal images (see
+    :mod:`cxr_max.synthetic.world` and :func:`cxr_max.synthetic.reports.apply_record_quirks`).
     """
     if pixels not in PIXELS:
         raise ValueError(f"pixels must be one of {PIXELS}, got {pixels!r}")
     size = image_size or _default_size(pixels)
     if size < 8:
         raise ValueError(f"image_size must be >= 8, got {size}")
+    if jpg_style not in JPG_STYLES:
+        raise ValueError(f"jpg_style must be one of {JPG_STYLES}, got {jpg_style!r}")
+    bad = set(broken or {}) - {"missing", "truncated", "empty"}
+    if bad:
+        raise ValueError(f"unknown broken-file kind(s) {sorted(bad)}; known: missing, truncated, empty")
+    if broken and pixels == "none":
+        raise ValueError("broken= damages image files; it needs pixels='full' or 'tiny'")
+    shape = tuple(image_shape) if image_shape is not None else (size, size)
     params = {"format": FORMAT_VERSION, "seed": seed, "n_patients": None if n_images else n_patients,
               "n_images": n_images, "pixels": pixels, "image_size": size, "shifted_test": shifted_test,
-              "shift_rate": shift_rate}
+              "shift_rate": shift_rate, "image_shape": list(shape), "jpg_style": jpg_style,
+              "broken": dict(sorted((broken or {}).items()))}
     if root is None:
         root = cache_dir() / synthetic_name(seed, n_patients, pixels, n_images=n_images, image_size=image_size,
-                                            shifted_test=shifted_test, shift_rate=shift_rate)
+                                            shifted_test=shifted_test, shift_rate=shift_rate, image_shape=image_shape,
+                                            jpg_style=jpg_style, broken=broken)
     root = Path(root)
     traj_params = {"seed": seed, "tasks": list(tasks), "samples": samples}
     with _lock(root.parent / f".{root.name}.lock"):
@@ -329,12 +432,15 @@ def ensure_synthetic(root: str | Path | None = None, *, seed: int = 0, n_patient
             patients = generate_world(seed=seed, n_patients=n_patients, n_images=n_images,
                                       shifted_test=shifted_test, shift_rate=shift_rate)
             truths = image_truths(patients)
-            _write_tables(root, patients, size)
+            _write_tables(root, patients, shape)
             _write_reports(root, patients)
             rows = ms_cxr_t_rows(patients)
             _atomic_write(root / "ms-cxr-t" / MS_CXR_T_FILE, _csv_bytes(MS_CXR_T_COLUMNS, rows))
             if pixels != "none":
-                _write_images(root, patients, {t.dicom_id: t for t in truths}, size, seed)
+                _write_images(root, patients, {t.dicom_id: t for t in truths}, size, seed,
+                              shape=shape if image_shape is not None else None, jpg_style=jpg_style)
+                if broken:
+                    _break_files(root, truths, broken, seed)
             _atomic_write(root / "truth.jsonl", "".join(t.to_json() + "\n" for t in truths).encode("utf-8"))
             done.write_text(json.dumps(params))
             building.unlink()

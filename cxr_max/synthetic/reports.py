@@ -291,3 +291,72 @@ def progression(cur: float, prev: float, cur_stated: bool, prev_stated: bool) ->
     if abs(d) < 0.05:
         return "stable"
     return ""
+
+
+# -- quirks of real reports ------------------------------------------------------------------------------
+
+REPORT_QUIRKS: tuple[str, ...] = ("old_headers", "misspelt_headers", "wet_read", "addendum", "phi_in_findings",
+                                  "no_sections")
+REPORT_QUIRK_RATE = 0.03  # per quirk kind; a study gets at most one
+NO_REPORT_RATE = 0.02  # train-split studies whose report file is absent
+NO_LABEL_ROW_RATE = 0.015  # train-split studies with no row in the CheXpert / NegBio tables
+BLANK_LABEL_ROW_RATE = 0.015  # train-split studies whose label row is all blank
+
+_OLD_HEADERS = {" INDICATION:": " REASON FOR EXAMINATION:", " COMPARISON:": " COMPARISONS:",
+                " EXAMINATION:": " EXAM:", " FINDINGS:": " FINDINGS AND IMPRESSION:"}
+_MISSPELT = {" IMPRESSION:": " IMPRESSON:", " INDICATION:": " INDICATON:"}
+
+
+def quirk_report(text: str, kind: str) -> str:
+    """``text`` with one real-report quirk; the clinical statements are unchanged (the labels still hold).
+
+    old_headers: CLINICAL HISTORY / REASON FOR EXAMINATION / COMPARISONS / EXAM, and a combined FINDINGS AND
+    IMPRESSION section; misspelt_headers: IMPRESSON / INDICATON; wet_read: a WET READ above the underscore
+    line; addendum: an ADDENDUM above it; phi_in_findings: ``___`` inside FINDINGS; no_sections: the
+    body without FINDINGS or IMPRESSION headers.
+    """
+    if kind == "old_headers":
+        if " FINDINGS:" in text:  # one combined section: drop the separate IMPRESSION header
+            text = text.replace(" IMPRESSION: \n", " \n")
+        for a, b in _OLD_HEADERS.items():
+            text = text.replace(a, b)
+        return text
+    if kind == "misspelt_headers":
+        for a, b in _MISSPELT.items():
+            text = text.replace(a, b)
+        return text
+    rule = " " + "_" * 78 + "\n"
+    if kind == "wet_read":
+        return " WET READ: ___ ___ 8:14 PM\n  Preliminary read; see the final report below.\n" + rule + text
+    if kind == "addendum":
+        return (" ADDENDUM: The findings were discussed with Dr. ___ by telephone at ___ on ___.\n" + rule + text)
+    if kind == "phi_in_findings":
+        return text.replace(" FINDINGS: \n \n", " FINDINGS: \n \n Comparison is made to the radiograph from ___.\n", 1)
+    if kind == "no_sections":
+        for header in (" FINDINGS: \n", " IMPRESSION: \n"):
+            text = text.replace(header, "")
+        return text
+    raise ValueError(f"unknown report quirk {kind!r}; known: {REPORT_QUIRKS}")
+
+
+def apply_record_quirks(patients: list[Patient], seed: int) -> None:
+    """Report and label-table quirks of real copies, from their own generator (so the world's truth, images
+    and teachers are unchanged): one of :data:`REPORT_QUIRKS` on some reports; and, in the train split only
+    (evaluation splits keep complete references), studies without a report file, without a label row, or
+    with an all-blank label row."""
+    for p in patients:
+        q = np.random.default_rng([seed, 161803, p.index])
+        for s in p.studies:
+            u = q.random()
+            k = int(u / REPORT_QUIRK_RATE)
+            if k < len(REPORT_QUIRKS):
+                s.report, s.report_quirk = quirk_report(s.report, REPORT_QUIRKS[k]), REPORT_QUIRKS[k]
+            v = q.random()
+            if p.split != "train":
+                continue
+            if v < NO_REPORT_RATE:
+                s.no_report = True
+            elif v < NO_REPORT_RATE + NO_LABEL_ROW_RATE:
+                s.label_row = "missing"
+            elif v < NO_REPORT_RATE + NO_LABEL_ROW_RATE + BLANK_LABEL_ROW_RATE:
+                s.label_row = "blank"

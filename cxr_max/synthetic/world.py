@@ -54,6 +54,17 @@ _STUDIES_P = np.array([0.35, 0.25, 0.17, 0.11, 0.07, 0.05])  # 1..6 studies per 
 _EPOCH = dt.date(2110, 1, 1)
 _MAX_PATIENTS = 90_000  # keeps the id arithmetic inside PhysioNet's 8-digit ranges
 
+# Quirks of real copies, drawn from a generator of their own (seed, 271828, patient index), so they never
+# change what the main generator draws: the frontal images, their truth and the teachers stay the same.
+QUIRK_VIEWS: tuple[str, ...] = ("LL", "AP AXIAL", "PA LLD", "AP RLD", "LAO", "SWIMMERS", "XTABLE LATERAL", "")
+# What each ViewPosition is rendered as (and recorded as ``ImageTruth.view``); "" (empty) is a frontal view
+# whose ViewCodeSequence_CodeMeaning still says so.
+VIEW_KIND = {"PA": "PA", "AP": "AP", "LATERAL": "LATERAL", "LL": "LATERAL", "AP AXIAL": "AP", "PA LLD": "PA",
+             "AP RLD": "AP", "LAO": "PA", "SWIMMERS": "LATERAL", "XTABLE LATERAL": "LATERAL", "": "PA"}
+EXTRA_VIEW_RATE = 0.05  # studies with one more image in another view position
+SECOND_FRONTAL_RATE = 0.02  # studies with two frontal images
+LATERAL_ONLY_RATE = 0.04  # patients with an extra study holding a lateral only
+
 
 @dataclasses.dataclass(frozen=True)
 class ImageTruth:
@@ -62,7 +73,7 @@ class ImageTruth:
     subject_id: str
     study_id: str
     dicom_id: str
-    view: str  # "PA" | "AP" | "LATERAL"
+    view: str  # "PA" | "AP" | "LATERAL": the projection rendered (ViewPosition may say more, see VIEW_KIND)
     study_date: str  # "YYYYMMDD"
     study_time: str  # "HHMMSS.fff"
     stream_pos: float  # rank of the study in global (date, time) order, scaled to [0, 1)
@@ -102,6 +113,17 @@ class Study:
     laterality: dict[str, str | None] = dataclasses.field(default_factory=dict)
     report: str = ""
     negbio_blank: tuple[str, ...] = ()
+    # Quirks (see QUIRK_VIEWS and reports.apply_record_quirks): the ViewPosition written per image (None = the
+    # same as ``views``), a study added with a lateral image only, no report file, a missing or blank label row.
+    view_positions: list[str] | None = None
+    extra: bool = False
+    no_report: bool = False
+    label_row: str = "normal"  # "normal" | "missing" | "blank"
+    report_quirk: str | None = None  # which of reports.REPORT_QUIRKS the report text carries
+
+    @property
+    def meta_views(self) -> list[str]:
+        return self.view_positions if self.view_positions is not None else list(self.views)
 
     @property
     def study_date(self) -> str:
@@ -132,12 +154,36 @@ def _dicom_id(rng: np.random.Generator) -> str:
     return "-".join(h[i : i + 8] for i in range(0, 40, 8))
 
 
-def make_patient(index: int, seed: int, *, shift_rate: float = 0.15, shifted_test: bool = False) -> Patient:
-    """Generate patient ``index`` of world ``seed`` (independent of every other patient)."""
+def _subject_id(index: int, r: int) -> str:
+    """PhysioNet's subject range is 10,000,000-19,999,999: blocks of 997 for the first 9,000 patients, then
+    blocks of 12 up to the 90,000th (MIMIC-CXR has 65,379 patients)."""
+    if index < 9_000:
+        return str(10_000_000 + index * 997 + r)
+    return str(18_973_000 + (index - 9_000) * 12 + r % 12)
+
+
+def _study_id(index: int, k: int, r: int) -> str:
+    """PhysioNet's study range is 50,000,000-59,999,999. Patient ``index`` < 20,000 owns a block of 499 ids
+    (offsets 0-359 for its 6 studies, 360-379 for an added lateral-only study); later patients share the
+    blocks' offsets 380-498 (29 each, 4 per block), so ids stay valid up to 90,000 patients."""
+    if index < 20_000:
+        offset = k * 60 + r if k < 6 else 360 + r % 20
+        return str(50_000_000 + index * 499 + offset)
+    j = index - 20_000
+    return str(50_000_000 + (j % 20_000) * 499 + 380 + (j // 20_000) * 29 + min(k, 6) * 4 + r % 4)
+
+
+def make_patient(index: int, seed: int, *, shift_rate: float = 0.15, shifted_test: bool = False,
+                 quirks: bool = True) -> Patient:
+    """Generate patient ``index`` of world ``seed`` (independent of every other patient).
+
+    ``quirks`` adds the real copies' image-level quirks (extra view positions, two frontals, a study with a
+    lateral only) from a generator of their own, so the rest of the patient is the same with or without.
+    """
     if not 0 <= index < _MAX_PATIENTS:
         raise ValueError(f"patient index must be in [0, {_MAX_PATIENTS}), got {index}")
     rng = np.random.default_rng([seed, 7919, index])
-    subject_id = str(10_000_000 + index * 997 + int(rng.integers(997)))
+    subject_id = _subject_id(index, int(rng.integers(997)))
     u = rng.random()
     split = next(name for name, edge in _SPLITS if u < edge)
     anatomy = {
@@ -204,7 +250,7 @@ def make_patient(index: int, seed: int, *, shift_rate: float = 0.15, shifted_tes
         view = "AP" if ap else "PA"
         has_lateral = bool(rng.random() < (0.08 if ap else 0.45))
         shifted = rng.random() < shift_rate or (shifted_test and split == "test")
-        study_id = str(50_000_000 + index * 499 + k * 60 + int(rng.integers(60)))
+        study_id = _study_id(index, k, int(rng.integers(60)))
         n_img = 2 if has_lateral else 1
         dicom_ids = [_dicom_id(rng) for _ in range(n_img)]
         studies.append(
@@ -221,16 +267,54 @@ def make_patient(index: int, seed: int, *, shift_rate: float = 0.15, shifted_tes
                 views=[view, "LATERAL"][:n_img],
             )
         )
-    return Patient(index, subject_id, split, anatomy, infectious, studies)
+    patient = Patient(index, subject_id, split, anatomy, infectious, studies)
+    if quirks:
+        add_image_quirks(patient, seed)
+    return patient
+
+
+def add_image_quirks(patient: Patient, seed: int) -> None:
+    """Real copies' image-level quirks, from their own generator: one more image in another view position
+    (``QUIRK_VIEWS``, empty included), a second frontal image, and (for some patients) an added study that
+    holds a lateral only. Existing images are untouched."""
+    q = np.random.default_rng([seed, 271828, patient.index])
+    for s in patient.studies:
+        u = q.random()
+        if u < EXTRA_VIEW_RATE:
+            view = QUIRK_VIEWS[int(q.integers(len(QUIRK_VIEWS)))]
+            s.view_positions = s.meta_views + [view]
+            s.dicom_ids.append(_dicom_id(q))
+            s.views.append(VIEW_KIND[view])
+        elif u < EXTRA_VIEW_RATE + SECOND_FRONTAL_RATE:
+            s.view_positions = s.meta_views + [s.view]
+            s.dicom_ids.append(_dicom_id(q))
+            s.views.append(s.view)
+    if patient.studies and q.random() < LATERAL_ONLY_RATE:
+        base = patient.studies[int(q.integers(len(patient.studies)))]
+        k = len(patient.studies)
+        patient.studies.append(Study(
+            study_id=_study_id(patient.index, 6, int(q.integers(60))), index=100 + k, date=base.date,
+            seconds=float(min(base.seconds + 900.0, 86399.0)), view=base.view, has_lateral=True, domain=base.domain,
+            severity=dict(base.severity), dicom_ids=[_dicom_id(q)], views=["LATERAL"], extra=True,
+        ))
 
 
 def assign_stream_positions(patients: list[Patient]) -> None:
-    """Set each study's ``stream_pos``: its rank in global (date, time, study_id) order / number of studies."""
-    studies = [s for p in patients for s in p.studies]
+    """Set each study's ``stream_pos``: its rank in global (date, time, study_id) order / number of studies.
+
+    An added lateral-only study (a quirk) is left out of the ranking and shares the position of the study
+    it was taken with, so quirks never move the other studies along the stream.
+    """
+    studies = [s for p in patients for s in p.studies if not s.extra]
     order = sorted(range(len(studies)), key=lambda i: (studies[i].date, studies[i].seconds, studies[i].study_id))
     n = max(1, len(studies))
     for rank, i in enumerate(order):
         studies[i].stream_pos = round(rank / n, 6)
+    for p in patients:
+        for s in p.studies:
+            if s.extra:
+                base = next((b for b in p.studies if not b.extra and b.date == s.date), None)
+                s.stream_pos = base.stream_pos if base is not None else 0.0
 
 
 def image_truths(patients: list[Patient]) -> list[ImageTruth]:
