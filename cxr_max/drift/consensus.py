@@ -71,7 +71,9 @@ class Consensus:
     n_usable: np.ndarray  # [I] int
     low_confidence: np.ndarray  # [I] bool
     confusion: np.ndarray | None = None  # [14, T, 3 true, 3 said] P(said | true) (dawid_skene only)
-    texts: np.ndarray | None = None  # [I] object: generated consensus text (model only)
+    texts: np.ndarray | None = None  # [I] object: generated consensus text (model only; None = never finished)
+    unsupported: np.ndarray | None = None  # [I, 14] bool: held present/uncertain by no usable teacher (model only)
+    unfinished: np.ndarray | None = None  # [I] bool: the generation hit max_new_tokens, text dropped (model only)
 
 
 def _finish(panel: Panel, method: str, state: np.ndarray, support: np.ndarray, tie: np.ndarray, *,

@@ -1,15 +1,27 @@
 """``model`` consensus (the paper's method): the learn-stage student reads all N trajectories and writes one.
 
 For each image the student gets the image and :data:`DEFAULT_TEMPLATE` filled with the original
-prompt and the usable teachers' trajectories (anonymised as [1]..[N], in teacher-name order; refusals and
+prompt and the usable teachers' trajectories (anonymised as [1]..[N], in an order shuffled per image with a
+seeded generator, so no teacher always sits first and position bias cannot favour one; refusals and
 trajectories with nothing extractable are left out), through the processor's chat template. Generation
-is batched (left padding) and greedy by default. The generated text is the positive; its findings are
+is batched (left padding), greedy by default, on the model's device and in its dtype (a GPU and bfloat16 when
+one is visible; :mod:`cxr_max.generation`). The generated text is the positive; its findings are
 read back with the same label extractor as the teachers', so its agreement with each teacher, its
 support and confidence are measured exactly as for ``vote`` (support = share of usable teachers that
 voted the state the student wrote; no ties).
 
+Two checks on the generated text:
+
+- a generation that never finished (no end token within ``max_new_tokens``) is cut mid-sentence -- often
+  before its final answer -- so it is dropped: its text is ``None``, the image gets no preference row, and
+  the count is in ``Consensus.unfinished`` (the preference writer counts the skips);
+- a finding the student wrote present or uncertain that no usable teacher reported is *unsupported* (a
+  hallucination of the consensus): ``Consensus.unsupported`` ``[I, 14]`` flags it and the image is marked
+  ``low_confidence``.
+
 Works with any model ``AutoModelForImageTextToText`` + ``AutoProcessor`` load (the tiny LLaVA of
-:func:`cxr_max.training.tiny_vlm` on CPU, Qwen2.5-VL on a GPU).
+:func:`cxr_max.training.tiny_vlm` or the tiny Qwen2.5-VL of :func:`cxr_max.training.tiny_qwen25vl` on CPU,
+Qwen2.5-VL on a GPU).
 """
 
 from __future__ import annotations
@@ -79,19 +91,27 @@ def model_consensus(
     progress: bool = True,
     min_confident_teachers: int = 3,
     low_confidence_below: float = 0.6,
+    seed: int = 0,
+    shuffle_teachers: bool = True,
+    dtype: str | None = "auto",
+    device: str | None = None,
     **generate_kwargs: Any,
 ) -> Consensus:
     """Generate a consensus trajectory per image with a VLM and measure it like the other methods.
 
-    ``model``/``processor``: loaded objects or a folder path (then both load with the Auto classes).
-    Images come from ``image_loader(subject_id, study_id, dicom_id)`` or the MIMIC layout under ``data_dir``.
+    ``model``/``processor``: loaded objects or a folder path (then both load on ``device`` -- default ``cuda``
+    when visible -- in ``dtype``, ``"auto"`` = bfloat16 on a GPU, float32 on the CPU). A loaded model is used on
+    the device and in the dtype it has. Images come from ``image_loader(subject_id, study_id, dicom_id)`` or the
+    MIMIC layout under ``data_dir``. ``seed`` drives the per-image teacher order (``shuffle_teachers=False``
+    keeps teacher-name order) and sampling.
     """
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from cxr_max.generation import generate_texts, load_generator
 
     if isinstance(model, (str, Path)):
-        processor = processor or AutoProcessor.from_pretrained(model)
-        model = AutoModelForImageTextToText.from_pretrained(model)
+        loaded, loaded_processor = load_generator(model, dtype=dtype, device=device)
+        model, processor = loaded, processor or loaded_processor
     if processor is None:
         raise ValueError("model consensus needs a processor (or a model folder path)")
     if image_loader is None:
@@ -104,8 +124,10 @@ def model_consensus(
     tokenizer = getattr(processor, "tokenizer", processor)
     tokenizer.padding_side = "left"
     model.eval()
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
 
-    texts_out: list[str] = []
+    texts_out: list[str | None] = []
     starts = range(0, panel.n_images, batch_size)
     if progress:
         from rich.progress import track
@@ -116,17 +138,18 @@ def model_consensus(
         chats, images = [], []
         for i in idx:
             teachers = [t for t in range(len(panel.teachers)) if panel.usable[i, t]]
+            if shuffle_teachers:
+                teachers = [teachers[j] for j in rng.permutation(len(teachers))]
             instruction = consensus_prompt(panel.prompt[i], [panel.raw[i, t] for t in teachers], template)
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
             chats.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
             images.append(image_loader(str(panel.subject_id[i]), str(panel.study_id[i]), str(panel.dicom_id[i])))
-        batch = processor(text=chats, images=images, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=do_sample, **generate_kwargs)
-        new = out[:, batch["input_ids"].shape[1]:]
-        texts_out.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+        texts, finished = generate_texts(model, processor, chats, images, max_new_tokens=max_new_tokens,
+                                         do_sample=do_sample, **generate_kwargs)
+        texts_out.extend(t.strip() if done else None for t, done in zip(texts, finished))
 
-    labels, side, _ = extract_codes(texts_out, extractor)
+    unfinished = np.array([t is None for t in texts_out], dtype=bool)
+    labels, side, _ = extract_codes([t or "" for t in texts_out], extractor)
     state = np.full(labels.shape, ABSENT, dtype=np.int8)
     state[labels == POS] = PRESENT
     state[labels == UNC] = UNCERTAIN
@@ -143,4 +166,18 @@ def model_consensus(
     cons.labels = cons.labels.astype(np.int8)
     cons.agreement = agreement_with(panel, cons.state, cons.side)
     cons.informative_agreement = informative_agreement_with(panel, cons.state, cons.side)
+    cons.unsupported = unsupported_findings(panel, cons.state)
+    cons.low_confidence = cons.low_confidence | cons.unsupported.any(axis=1)
+    cons.unfinished = unfinished
     return cons
+
+
+def unsupported_findings(panel: Panel, state: np.ndarray) -> np.ndarray:
+    """``[I, 14]`` bool: the consensus holds a finding present or uncertain that no usable teacher held present or
+    uncertain (Support Devices and No Finding are not findings here)."""
+    from cxr_max.drift.consensus import _NOT_PATHOLOGY
+
+    said = ((panel.state == PRESENT) | (panel.state == UNCERTAIN)) & panel.usable[:, :, None]
+    out = ((state == PRESENT) | (state == UNCERTAIN)) & ~said.any(axis=1)
+    out[:, list(_NOT_PATHOLOGY)] = False
+    return out

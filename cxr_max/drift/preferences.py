@@ -171,6 +171,10 @@ def build_preferences(
         usable = panel.usable[i]
         source = "rendered"
         if cons.texts is not None:
+            if cons.texts[i] is None:  # the model consensus never finished this image's text: no positive
+                skips.add("model consensus did not finish (no end token within max_new_tokens), image dropped",
+                          f"{panel.dicom_id[i]}")
+                continue
             chosen, source = str(cons.texts[i]), "model"
         else:
             exact = [t for t in by_reliability if usable[t] and agree[t] == 1.0]

@@ -41,30 +41,28 @@ def generate_answers(
     temperature: float = 1.0,
     seed: int = 0,
     progress: bool = True,
+    dtype: str | None = "auto",
+    device: str | None = None,
 ) -> list[str]:
-    """Generate one answer per image with the checkpoint in ``model_dir`` (batched, left padding)."""
+    """Generate one answer per image with the checkpoint in ``model_dir`` (batched, left padding), on ``device``
+    (default ``cuda`` when visible) in ``dtype`` (``"auto"``: bfloat16 on a GPU, float32 on the CPU)."""
     import torch
     from rich.progress import Progress
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
-    tok = getattr(processor, "tokenizer", processor)
-    tok.padding_side = "left"
+    from cxr_max.generation import generate_texts, load_generator
+
+    model, processor = load_generator(model_dir, dtype=dtype, device=device)
     text = processor.apply_chat_template(user_message(prompt or render_prompt("diagnose")), add_generation_prompt=True,
                                          tokenize=False)
     torch.manual_seed(seed)
     out: list[str] = []
-    with Progress(transient=True, disable=not progress) as bar, torch.no_grad():
+    with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("generating", total=len(images))
         for start in range(0, len(images), batch_size):
             batch = [im.convert("RGB") for im in images[start : start + batch_size]]
-            inputs = processor(text=[text] * len(batch), images=batch, return_tensors="pt", padding=True)
-            gen = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                 temperature=temperature if do_sample else None, top_p=None, top_k=None,
-                                 pad_token_id=tok.pad_token_id)
-            new = gen[:, inputs["input_ids"].shape[1]:]
-            out.extend(tok.batch_decode(new, skip_special_tokens=True))
+            answers, _ = generate_texts(model, processor, [text] * len(batch), batch, max_new_tokens=max_new_tokens,
+                                        do_sample=do_sample, temperature=temperature)
+            out.extend(answers)
             bar.advance(task, len(batch))
     return out
 

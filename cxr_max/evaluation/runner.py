@@ -114,32 +114,39 @@ def append_predictions(path: str | Path, records: Sequence[Mapping[str, Any]]) -
 
 
 class Generator:
-    """An image-text-to-text checkpoint loaded once, answering one prompt per image in batches."""
+    """An image-text-to-text checkpoint loaded once, answering one prompt per image in batches.
 
-    def __init__(self, model_dir: str | Path, *, max_new_tokens: int = 192):
+    The model loads on ``device`` (default: ``cuda`` when visible) in ``dtype`` (``"auto"``: bfloat16 on a GPU,
+    float32 on the CPU) and every batch is moved there (:mod:`cxr_max.generation`). ``unfinished`` counts the
+    answers that hit ``max_new_tokens`` without an end token (they are kept: the labeler reads what is there).
+    """
+
+    def __init__(self, model_dir: str | Path, *, max_new_tokens: int = 192, dtype: str | None = "auto",
+                 device: str | None = None):
         import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from cxr_max.generation import load_generator
 
         self.torch = torch
         self.model_dir = str(model_dir)
-        self.processor = AutoProcessor.from_pretrained(self.model_dir)
-        self.model = AutoModelForImageTextToText.from_pretrained(self.model_dir).eval()
+        self.model, self.processor = load_generator(self.model_dir, dtype=dtype, device=device)
         self.tok = getattr(self.processor, "tokenizer", self.processor)
-        self.tok.padding_side = "left"
         self.max_new_tokens = max_new_tokens
+        self.unfinished = 0
 
     def __call__(self, images: Sequence, prompt: str, *, do_sample: bool = False, temperature: float = 1.0,
                  seed: int = 0) -> list[str]:
         """Answers for ``images`` (PIL images) to ``prompt`` (with ``<image>`` where the image goes)."""
+        from cxr_max.generation import generate_texts
+
         text = self.processor.apply_chat_template(user_message(prompt), add_generation_prompt=True, tokenize=False)
         self.torch.manual_seed(seed)
         batch = [im.convert("RGB") for im in images]
-        inputs = self.processor(text=[text] * len(batch), images=batch, return_tensors="pt", padding=True)
-        with self.torch.no_grad():
-            gen = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=do_sample,
-                                      temperature=temperature if do_sample else None, top_p=None, top_k=None,
-                                      pad_token_id=self.tok.pad_token_id)
-        return self.tok.batch_decode(gen[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        answers, finished = generate_texts(self.model, self.processor, [text] * len(batch), batch,
+                                           max_new_tokens=self.max_new_tokens, do_sample=do_sample,
+                                           temperature=temperature)
+        self.unfinished += finished.count(False)
+        return answers
 
 
 def predict_images(
