@@ -6,6 +6,7 @@ import pytest
 
 from cxr_max.errors import DataError, SkipLog
 from cxr_max.mimic import ReportStore, parse_report, read_report
+from cxr_max.mimic.reports import labelled_text
 
 REPORT = """ADDENDUM:  Findings were discussed with Dr. ___ by telephone at 10:15 on
 ___, shortly after discovery.
@@ -96,6 +97,83 @@ def test_unlabelled_text_above_underscores_is_an_addendum_and_never_wins():
     assert parse_report(text2) == {"FINDINGS": "clear", "ADDENDUM": "Correction of the side."}
     assert parse_report("") == {}
     assert parse_report("\r\nFINDINGS:\r\n  a\r\n  b\r\n") == {"FINDINGS": "a b"}
+
+
+OLD_STYLE = """                                 FINAL REPORT
+ PA AND LATERAL CHEST RADIOGRAPHS:
+
+ HISTORY:  Cough.
+
+ PA AND LATERAL CHEST RADIOGRAPHS:  The heart is normal in size.  The lungs are
+ clear.  No pleural effusion.
+
+ IMPRESSON:  No acute cardiopulmonary process.
+"""
+
+TWO_VIEWS = """                                 FINAL REPORT
+ CHEST, TWO VIEWS:  Comparison is made to ___.  There is a new right lower lobe
+ opacity.
+ FINDINS:
+ CONCLUSION:  Right lower lobe pneumonia.
+"""
+
+NO_FINDINGS = """                                 FINAL REPORT
+ CHEST RADIOGRAPH PERFORMED ON ___
+
+ COMPARISON:  Prior exam from ___.
+
+ CLINICAL HISTORY:  Line placement.
+
+ Portable supine chest radiograph.
+ 
+ A right internal jugular catheter terminates in the mid SVC.  No pneumothorax.
+ Lungs are clear.
+"""
+
+
+def test_old_style_header_is_findings_and_misspelt_impression():
+    sections = parse_report(OLD_STYLE)
+    # the title-like header with nothing under it is not an (empty) FINDINGS; its second use is
+    assert sections["FINDINGS"] == "The heart is normal in size. The lungs are clear. No pleural effusion."
+    assert sections["IMPRESSION"] == "No acute cardiopulmonary process."
+    assert sections["HISTORY"] == "Cough."
+    assert "PA AND LATERAL CHEST RADIOGRAPHS" not in sections and "IMPRESSON" not in sections
+
+
+def test_chest_two_views_and_misspellings():
+    sections = parse_report(TWO_VIEWS)
+    assert sections["FINDINGS"] == "Comparison is made to ___. There is a new right lower lobe opacity."
+    assert sections["IMPRESSION"] == "Right lower lobe pneumonia."  # CONCLUSION -> IMPRESSION
+    assert set(sections) == {"FINDINGS", "IMPRESSION"}  # the empty misspelt FINDINS does not erase it
+
+
+@pytest.mark.parametrize("header,section", [
+    ("IMPRESSON", "IMPRESSION"), ("IMPESSION", "IMPRESSION"), ("FINDNGS", "FINDINGS"), ("FINIDNGS", "FINDINGS"),
+    ("COMPARISION", "COMPARISON"), ("IDICATION", "INDICATION"), ("WETREAD", "WET READ"), ("PFI", "HISTORY"),
+    ("FINAL IMPRESSION", "IMPRESSION"), ("PRELIMINARY FINDINGS", "FINDINGS"), ("PORTABLE AP CHEST", "FINDINGS"),
+    ("RIBS", "FINDINGS"), ("FRONTAL VIEW", "FINDINGS"), ("RECOMMENDATION(S)", "RECOMMENDATIONS"),
+    ("REFERENCE EXAM", "COMPARISON"), ("NOTIFICATION", "NOTIFICATION"), ("SUMMARY", "SUMMARY"),
+])
+def test_header_names_follow_the_reference_normalisation(header, section):
+    assert parse_report(f" {header}:  Some text.\n") == {section: "Some text."}
+
+
+def test_last_paragraph_fallback_and_labelled_text():
+    sections = parse_report(NO_FINDINGS)
+    assert "FINDINGS" not in sections and "IMPRESSION" not in sections
+    assert sections["HISTORY"] == "Line placement."  # its first paragraph stays
+    # everything after the section's first paragraph (the reference splitter's rule)
+    assert sections["LAST PARAGRAPH"] == ("Portable supine chest radiograph. A right internal jugular catheter "
+                                          "terminates in the mid SVC. No pneumothorax. Lungs are clear.")
+    assert labelled_text(sections) == ("LAST PARAGRAPH", sections["LAST PARAGRAPH"])
+    # no fallback when the report has an impression or findings, or when the last section is one paragraph
+    assert labelled_text(parse_report(TWO_VIEWS)) == ("IMPRESSION", "Right lower lobe pneumonia.")
+    assert labelled_text(parse_report(OLD_STYLE))[0] == "IMPRESSION"
+    assert "LAST PARAGRAPH" not in parse_report(" HISTORY:  Cough.\n")
+    assert labelled_text(parse_report(" HISTORY:  Cough.\n")) is None
+    # a report without any header: the part after the first blank line
+    assert parse_report("Portable chest.\n\nNo pneumothorax.") == {"PREAMBLE": "Portable chest.",
+                                                                     "LAST PARAGRAPH": "No pneumothorax."}
 
 
 def test_read_report_non_utf8_raises_naming_file_or_counts(tmp_path):

@@ -8,13 +8,27 @@ Section rules of :func:`parse_report` (documented here once):
   matched case-insensitively; any other name counts as a header only when written in capitals (so
   ``WET READ:`` or ``NOTIFICATION:`` start their own sections, while ``Dr. ___ was told at 10:30`` does
   not).
-* **Names are normalised** through :data:`SECTION_ALIASES`, e.g. ``CLINICAL HISTORY`` -> ``HISTORY``,
-  ``REASON FOR EXAMINATION`` -> ``INDICATION``, ``IMPRESSIONS`` / ``CONCLUSION`` /
-  ``FINDINGS AND IMPRESSION`` -> ``IMPRESSION``, ``COMPARISONS`` -> ``COMPARISON``, ``EXAM`` ->
-  ``EXAMINATION``. Unknown capitalised headers are kept under their own name (capitals, single
-  spaces). The title line ``FINAL REPORT`` is dropped. Text before the first header is ``PREAMBLE``.
+* **Names are normalised** as MIMIC-CXR's reference section splitter (MIT-LCP ``mimic-cxr``,
+  ``section_parser.py``) does: first through :data:`SECTION_ALIASES` (its frequent headers and their
+  misspellings, e.g. ``CLINICAL HISTORY`` / ``PFI`` -> ``HISTORY``, ``REASON FOR EXAMINATION`` ->
+  ``INDICATION``, ``IMPRESSIONS`` / ``CONCLUSION`` / ``IMPRESSON`` / ``FINDINGS AND IMPRESSION`` ->
+  ``IMPRESSION``, ``FINDINS`` -> ``FINDINGS``, ``COMPARISION`` -> ``COMPARISON``, ``WETREAD`` ->
+  ``WET READ``); then a capitalised header that *contains* one of IMPRESSION, FINDINGS, HISTORY,
+  COMPARISON, ADDENDUM (in that order) is that section (``FINAL IMPRESSION``, ``PRELIMINARY
+  FINDINGS``); then an **old-style header** that names the study (``PA AND LATERAL CHEST
+  RADIOGRAPHS``, ``CHEST, TWO VIEWS``, ``PORTABLE AP CHEST``, ``RIBS``: words such as CHEST,
+  PORTABLE, PA AND LATERAL, TWO VIEWS, FRONTAL VIEW, ONE VIEW, BONE WINDOW, see
+  :data:`_OLD_STYLE_FINDINGS`) is ``FINDINGS``, since its text is the description of the image.
+  Other capitalised headers are kept under their own name (capitals, single spaces). The title line
+  ``FINAL REPORT`` is dropped. Text before the first header is ``PREAMBLE``.
 * When a section occurs more than once, the **last non-empty occurrence wins** (a later empty
-  header does not erase earlier text).
+  header does not erase earlier text); an empty FINDINGS or IMPRESSION is left out (a report title
+  such as ``CHEST, PA LATERAL:`` directly followed by the next header says nothing).
+* **Last-paragraph fallback.** When the report body has neither a FINDINGS nor an IMPRESSION, the
+  text after the first blank line of its last section is given as ``LAST PARAGRAPH`` (and removed
+  from that section), as the reference splitter does for the ~5% of reports without either; PhysioNet
+  computed the MIMIC-CXR CheXpert labels from the impression, else the findings, else this final
+  part. :func:`labelled_text` picks the text in that order.
 * **Addenda.** MIMIC puts addenda and wet reads above the report, separated from it by a line of
   underscores. Text above the first such line that is not under a header of its own, and any
   section headed ``ADDENDUM`` (with or without a colon), goes to ``ADDENDUM``; several addenda are
@@ -36,6 +50,7 @@ from cxr_max.mimic.paths import report_relpath, safe_join
 
 CANONICAL_SECTIONS: tuple[str, ...] = (
     "EXAMINATION", "INDICATION", "HISTORY", "TECHNIQUE", "COMPARISON", "FINDINGS", "IMPRESSION", "ADDENDUM",
+    "LAST PARAGRAPH",
 )
 
 SECTION_ALIASES: dict[str, str] = {
@@ -62,12 +77,34 @@ SECTION_ALIASES: dict[str, str] = {
     "EXAMINATIONS": "EXAMINATION", "STUDY": "EXAMINATION", "PROCEDURE": "EXAMINATION",
     # addendum
     "ADDENDUM": "ADDENDUM", "ADDENDA": "ADDENDUM",
+    # other frequent headers of the reference splitter
+    "WET READ": "WET READ", "WETREAD": "WET READ", "NOTIFICATION": "NOTIFICATION", "PFI": "HISTORY",
+    "RECOMMENDATION": "RECOMMENDATIONS", "RECOMMENDATIONS": "RECOMMENDATIONS", "RECOMMENDATION(S)": "RECOMMENDATIONS",
+    "REFERENCE EXAM": "COMPARISON", "CHEST, TWO VIEWS": "FINDINGS", "REFERENCE FINDINGS": "FINDINGS",
+    # misspellings found in MIMIC-CXR reports (listed by the reference splitter)
+    "IMPRESSON": "IMPRESSION", "IMPRRESSION": "IMPRESSION", "IMOPRESSION": "IMPRESSION", "IMORESSION": "IMPRESSION",
+    "IMPRESSOIN": "IMPRESSION", "IMPRSSION": "IMPRESSION", "IMPRESION": "IMPRESSION", "IMPERSSION": "IMPRESSION",
+    "MPRESSION": "IMPRESSION", "IMPESSION": "IMPRESSION", "FINDINGS/ IMPRESSION": "IMPRESSION",
+    "CONCUSION": "IMPRESSION", "COINCLUSION": "IMPRESSION",
+    "FINDINS": "FINDINGS", "FINDINDGS": "FINDINGS", "FINDGINGS": "FINDINGS", "FINDNGS": "FINDINGS",
+    "FINDNINGS": "FINDINGS", "FINIDNGS": "FINDINGS",
+    "IDICATION": "INDICATION", "NDICATION": "INDICATION",
+    "COMPARISION": "COMPARISON", "COMPARSION": "COMPARISON", "COMPARRISON": "COMPARISON", "COMPARISIONS": "COMPARISON",
 }
+
+# A capitalised header containing one of these names is that section (checked in this order).
+_MAIN_SECTIONS: tuple[str, ...] = ("IMPRESSION", "FINDINGS", "HISTORY", "COMPARISON", "ADDENDUM")
+# Old-style headers that name the study ("PA AND LATERAL CHEST RADIOGRAPHS:"): their text is the findings.
+_OLD_STYLE_FINDINGS = re.compile(
+    r"CHEST|PORTABLE|PA AND LAT|LATERAL AND PA|AP AND LATERAL|LATERAL AND AP|FRONTAL AND|TWO VIEWS|"
+    r"FRONTAL VIEW|PA VIEW|AP VIEW|ONE VIEW|LATERAL VIEW|BONE WINDOW|FRONTAL UPRIGHT|FRONTAL SEMI-UPRIGHT|RIBS"
+)
 
 _HEADER_RE = re.compile(r"^[ \t]*([A-Za-z][A-Za-z ()/&,\-]{0,60}?)[ \t]*:", re.MULTILINE)
 _ADDENDUM_LINE_RE = re.compile(r"^[ \t]*ADDENDUM[ \t]*$", re.MULTILINE)
 _UNDERSCORE_LINE_RE = re.compile(r"^[ \t]*_{10,}[ \t]*$", re.MULTILINE)
 _TITLE_RE = re.compile(r"^[ \t]*FINAL REPORT[ \t]*$", re.MULTILINE)
+_PARAGRAPH_RE = re.compile(r"\n[ \t]*\n")
 
 
 def _normalise_space(text: str) -> str:
@@ -80,6 +117,11 @@ def _canonical(name: str) -> str | None:
     if key in SECTION_ALIASES:
         return SECTION_ALIASES[key]
     if name == name.upper() and any(c.isalpha() for c in name):
+        for main in _MAIN_SECTIONS:
+            if main in key:
+                return main
+        if _OLD_STYLE_FINDINGS.search(key):
+            return "FINDINGS"
         return key
     return None
 
@@ -117,21 +159,42 @@ def parse_report(text: str) -> dict[str, str]:
 
     sections: dict[str, str] = {}
     addenda: list[str] = []
+    last_body: tuple[str, str] | None = None  # (section, raw text) of the body's last section
     for part, unlabelled_name in ((above, "ADDENDUM"), (body, "PREAMBLE")):
         for header, raw in _split_sections(part):
             content = _normalise_space(raw)
             section = header or unlabelled_name
+            if part is body and content:
+                last_body = (section, raw)
             if section == "ADDENDUM":
                 if content:
                     addenda.append(content)
                 continue
-            if header is None and not content:  # nothing before the first header
-                continue
+            if not content and (header is None or section in ("FINDINGS", "IMPRESSION")):
+                continue  # nothing before the first header; an empty findings/impression says nothing
             if content or section not in sections:
                 sections[section] = content
+    if "FINDINGS" not in sections and "IMPRESSION" not in sections and last_body is not None:
+        section, raw = last_body
+        paragraphs = _PARAGRAPH_RE.split(raw.strip(), maxsplit=1)
+        if section != "ADDENDUM" and len(paragraphs) == 2 and _normalise_space(paragraphs[1]):
+            sections[section] = _normalise_space(paragraphs[0])
+            sections["LAST PARAGRAPH"] = _normalise_space(paragraphs[1])
     if addenda:
         sections["ADDENDUM"] = " ".join(addenda)
     return sections
+
+
+_LABELLED_ORDER: tuple[str, ...] = ("IMPRESSION", "FINDINGS", "LAST PARAGRAPH")
+
+
+def labelled_text(sections: dict[str, str]) -> tuple[str, str] | None:
+    """``(section name, text)`` of the part a CheXpert-style labeler reads, in PhysioNet's order for
+    the MIMIC-CXR labels: IMPRESSION, else FINDINGS, else LAST PARAGRAPH; None when there is none."""
+    for name in _LABELLED_ORDER:
+        if sections.get(name):
+            return name, sections[name]
+    return None
 
 
 def decode_report(data: bytes, where: str | os.PathLike) -> str:
