@@ -96,6 +96,12 @@ def test_label_f1_bad_input():
         ("<think>Compared with the prior, the opacity is denser.</think> Worsening.", "Consolidation", "worsening"),
         ("The pleural effusion is present.", "Pleural Effusion", None),
         ("The effusion first increased, now improved.", "Pleural Effusion", None),
+        # read with the labeler's clauses, sections and negation
+        ("No new consolidation.", "Consolidation", None),
+        ("The right pneumothorax has resolved.", "Pneumothorax", "improving"),
+        ("INDICATION: Worsening effusion?\nFINDINGS: The pleural effusion is unchanged.", "Pleural Effusion", "stable"),
+        ("The left effusion is unchanged; there is new right lower lobe consolidation.", "Pleural Effusion", "stable"),
+        ("The left effusion is unchanged; there is new right lower lobe consolidation.", "Consolidation", "worsening"),
     ],
 )
 def test_parse_progression(text, finding, expected):

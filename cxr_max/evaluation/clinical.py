@@ -209,9 +209,6 @@ _WORSENING = re.compile(
     r"escalat\w*|grow\w*|bigger|exacerbat\w*|accumulat\w*)\b",
     re.IGNORECASE,
 )
-_CLAUSE = re.compile(r"(?<!\bvs)\.(?!\d)|[;:\n]|\b(?:but|however|whereas|while|although)\b", re.IGNORECASE)
-
-
 def _classes_in(text: str) -> set[str]:
     found = set()
     rest = text
@@ -230,26 +227,31 @@ def parse_progression(text: str, finding: str) -> str | None:
     ``finding`` (an MS-CXR-T finding: Consolidation, Edema, Pleural Effusion, Pneumonia, Pneumothorax),
     or None when it states none or contradicts itself.
 
-    The clauses that mention the finding (the labeler's mention lexicon) are read for progression
-    words and synonyms (improving: "improved", "decreased", "resolving", "smaller"...; stable:
-    "unchanged", "no change", "persistent"...; worsening: "increased", "progressed", "new",
-    "enlarging"...). "No increase"/"no change" count as stable, not as worsening. When no clause
-    names the finding (a bare answer such as "Worsening."), the whole text is read instead.
+    The text is read with the labeler's clause machinery (:func:`cxr_max.evaluation.labeler.clauses`:
+    the same sections, clause boundaries and mention lexicon). The clauses that mention the finding are
+    read for progression words and synonyms (improving: "improved", "decreased", "resolving",
+    "smaller"...; stable: "unchanged", "no change", "persistent"...; worsening: "increased",
+    "progressed", "new", "enlarging"...). "No increase"/"no change" count as stable, not as worsening;
+    in a clause where the labeler reads every mention of the finding as negated ("no new
+    consolidation"), worsening words do not count (a resolved finding, "the pneumothorax has
+    resolved", is still improving). When no clause names the finding (a bare answer such as
+    "Worsening."), the whole text is read instead.
     """
-    from cxr_max.evaluation.labeler import _MENTION_RX, _prepare
+    from cxr_max.evaluation.labeler import clause_statuses, clauses, mentions
 
-    if finding not in _MENTION_RX:
+    if finding not in MS_CXR_T_FINDINGS and finding not in CHEXPERT_LABELS:
         raise ValueError(f"unknown finding {finding!r}")
-    body = _prepare(text)
-    bounds = [0] + [m.end() for m in _CLAUSE.finditer(body)] + [len(body)]
-    clauses = [body[a:b] for a, b in zip(bounds, bounds[1:]) if body[a:b].strip()]
-    rx = _MENTION_RX[finding]
-    hits = [c for c in clauses if rx.search(c)]
+    parts = clauses(text)
     found: set[str] = set()
+    hits = [c for c in parts if mentions(c, finding)]
     for clause in hits:
-        found |= _classes_in(clause)
+        classes = _classes_in(clause)
+        statuses = clause_statuses(clause, finding)
+        if statuses and all(s == 0.0 for s in statuses):
+            classes.discard("worsening")
+        found |= classes
     if not hits:
-        found = _classes_in(body)
+        found = _classes_in(" ".join(parts))
     return found.pop() if len(found) == 1 else None
 
 

@@ -64,12 +64,15 @@ from cxr_max.trajectories.parse import is_refusal
 
 __all__ = [
     "LabelResult",
+    "clause_statuses",
+    "clauses",
     "label_report",
     "label_report_full",
     "label_reports",
     "label_reports_full",
     "labels_to_arrow",
     "laterality_to_arrow",
+    "mentions",
     "report_body",
 ]
 
@@ -668,6 +671,32 @@ def _label_body(body: str) -> LabelResult:
 
     laterality, conflict = _resolve_laterality(sides)
     return LabelResult(labels=labels, laterality=laterality, laterality_conflict=conflict)
+
+
+def clauses(text: str) -> list[str]:
+    """The clauses the labeler reads in ``text``: the image-describing sections (see
+    :func:`report_body`), lower-cased, cut at the clause boundaries of the module docs (degenerate
+    run-ons windowed); empty clauses left out. Other readers of report text (the MS-CXR-T progression
+    reader) use these so that every reader sees the same clauses."""
+    body = _prepare(text)
+    starts, ends = _clause_bounds(body)
+    return [piece for cs, ce in zip(starts, ends) for piece in _bounded(body[cs:ce]) if piece.strip()]
+
+
+def clause_statuses(clause: str, label: str) -> list[float | None]:
+    """The status of every mention of ``label`` in one clause (from :func:`clauses`), as the labeler
+    reads it (1.0 / 0.0 / -1.0; None for an attribute phrase without a size qualifier)."""
+    if label not in CHEXPERT_LABELS:
+        raise ValueError(f"unknown label {label!r}")
+    return [status for name, status in _clause_findings(clause)[0] if name == label]
+
+
+def mentions(clause: str, label: str) -> bool:
+    """Whether ``clause`` mentions ``label`` (a finding of the mention lexicon)."""
+    rx = _MENTION_RX.get(label)
+    if rx is None:
+        raise ValueError(f"no mention lexicon for {label!r}")
+    return rx.search(clause) is not None
 
 
 def label_report_full(text: str) -> LabelResult:
