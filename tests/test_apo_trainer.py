@@ -1,10 +1,15 @@
 """APOTrainer on text-only rows with a tiny Llama: one forward per candidate, metrics, references, bad input."""
 
+import contextlib
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 from cxr_max.errors import DataError
 from cxr_max.training import APOConfig, APOTrainer, DataCollatorForAPO
@@ -219,3 +224,188 @@ def test_nan_loss_stops_with_step_and_rows(lm, tmp_path):
         trainer.model.lm_head.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match=r"global step 0 .*rows \[\d, \d\]"):
         trainer.train()
+
+
+# ------------------------------------------------------------------ defects found by a review (issue 11)
+def test_full_ranking_zero_weight_negative_takes_no_part():
+    """A zero-weight negative in the middle of a full ranking: no stage term (it was -log(0) ~ 1e30 with a
+    gradient pushing that negative *up*), no share of any denominator, and zero gradient."""
+    from cxr_max.training.loss import apo_loss
+
+    policy = torch.tensor([[-2.0, -3.0, -1.0, -4.0]], requires_grad=True)
+    ref = torch.zeros(1, 4)
+    w = torch.tensor([[1.0, 0.0, 1.0]])  # normalised to mean 1 over the three negatives: 1.5, 0, 1.5
+    loss = apo_loss(policy, ref, beta=1.0, negative_weights=w, ranking="full")
+    loss.backward()
+    assert policy.grad[0, 2].item() == 0.0
+    # hand-computed: positive -2 over {-3, -4} (weights 1.5), then -3 over {-4}; the last stage is log 1 = 0
+    e = math.exp
+    expected = (math.log(e(-2) + 1.5 * e(-3) + 1.5 * e(-4)) + 2) + (math.log(e(-3) + e(-4)) + 3)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_full_ranking_orders_negatives_by_agreement_with_the_consensus(lm, tmp_path):
+    folder, tok = lm
+    rows = _rows(2, 3)
+    for r in rows:
+        r["rejected_agreement"] = [0.2, None, 0.9]
+    ds = Dataset.from_list(rows)
+    trainer = APOTrainer(_model(folder), args=_args(tmp_path, ranking="full", max_steps=1), train_dataset=ds,
+                         processing_class=tok)
+    row = trainer.train_dataset[0]
+    assert row["rejected_teachers"] == ["gemini", "gpt", "claude"]  # 0.9, 0.2, unknown last
+    assert row["rejected_weights"] == [3.0, 1.0, 2.0]
+    trainer.train()
+    given = APOTrainer(_model(folder), args=_args(tmp_path, ranking="full", full_ranking_by="given", max_steps=1),
+                       train_dataset=Dataset.from_list(_rows(2, 3)), processing_class=tok)
+    assert given.train_dataset[0]["rejected_teachers"] == TEACHERS
+    with pytest.raises(DataError, match="rejected_agreement"):
+        APOTrainer(_model(folder), args=_args(tmp_path, ranking="full"), train_dataset=Dataset.from_list(_rows(2, 3)),
+                   processing_class=tok)
+
+
+def test_reference_from_path_is_built_like_the_policy(lm, tmp_path, monkeypatch):
+    """bf16 policy + ref_model_path: the reference loads in bf16 with the policy's attention and no device map, so
+    the rewards are exactly zero at step 0 (an fp32 reference next to a bf16 policy gives non-zero rewards)."""
+    from transformers import AutoModelForCausalLM
+
+    from cxr_max.training import apo_trainer
+
+    folder, tok = lm
+    seen = {}
+    real = apo_trainer.create_model_from_path
+    monkeypatch.setattr(apo_trainer, "create_model_from_path", lambda path, **kw: seen.update(kw) or real(path, **kw))
+    policy = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="eager")
+    trainer = APOTrainer(policy, args=_args(tmp_path, ref_model_path=str(folder)),
+                         train_dataset=Dataset.from_list(_rows(2)), processing_class=tok)
+    assert trainer.ref_model.dtype == torch.bfloat16
+    assert trainer.ref_model.config._attn_implementation == "eager"
+    assert seen["device_map"] is None and seen["dtype"] == torch.bfloat16
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    with torch.no_grad():
+        _, out = trainer.compute_loss(trainer.model, batch, return_outputs=True)
+    assert out["rewards"].abs().max().item() == 0.0
+
+
+def test_precompute_broadcasts_rank0_fingerprint(lm, tmp_path, monkeypatch):
+    from cxr_max.training import apo_trainer
+
+    folder, tok = lm
+    calls = []
+
+    def fake_broadcast(objects, from_process=0):  # what rank 0 would send to every rank
+        calls.append((list(objects), from_process))
+        objects[0] = "fingerprint-of-rank-0"
+        return objects
+
+    monkeypatch.setattr(apo_trainer, "broadcast_object_list", fake_broadcast)
+    APOTrainer(_model(folder), args=_args(tmp_path, precompute_ref_log_probs=True), train_dataset=Dataset.from_list(
+        _rows(2)), processing_class=tok)
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(tmp_path / "out" / "ref_logps_train.parquet").metadata
+    assert calls and calls[0][1] == 0 and meta[b"fingerprint"] == b"fingerprint-of-rank-0"
+
+
+def test_precompute_runs_under_autocast(lm, tmp_path, monkeypatch):
+    import accelerate
+
+    folder, tok = lm
+    entered = []
+    real = accelerate.Accelerator.autocast
+
+    @contextlib.contextmanager
+    def recording(self, *a, **kw):
+        entered.append(1)
+        with real(self, *a, **kw):
+            yield
+
+    monkeypatch.setattr(accelerate.Accelerator, "autocast", recording)
+    APOTrainer(_model(folder), args=_args(tmp_path, precompute_ref_log_probs=True, per_device_train_batch_size=2),
+               train_dataset=Dataset.from_list(_rows(4)), processing_class=tok)
+    assert len(entered) == 2  # one per precompute batch
+
+
+def test_precompute_under_deepspeed_uses_one_inference_engine(lm, tmp_path, monkeypatch):
+    """ZeRO-1/2 leave the policy on the CPU and ZeRO-3 shards it until Trainer prepares it: the precompute must go
+    through a DeepSpeed inference engine (built once), as TRL's own precompute does."""
+    from cxr_max.training import apo_trainer
+
+    folder, tok = lm
+    trainer = APOTrainer(_model(folder), args=_args(tmp_path, precompute_ref_log_probs=True),
+                         train_dataset=Dataset.from_list(_rows(2)), processing_class=tok)
+    built = []
+    monkeypatch.setattr(apo_trainer, "prepare_deepspeed", lambda model, acc: built.append(model) or "engine")
+    trainer.is_deepspeed_enabled = True
+    trainer._precompute_engine = None
+    assert trainer._precompute_model() == "engine" and trainer._precompute_model() == "engine"
+    assert built == [trainer.model]
+    trainer.is_deepspeed_enabled = False
+    assert trainer._precompute_model() is trainer.model
+
+
+def test_real_nan_in_reference_logps_is_an_error_naming_the_row(lm, tmp_path):
+    """The cache used NaN as padding and dropped every NaN, so a reference that produced NaN trained silently on
+    rows with missing reference values."""
+    folder, tok = lm
+    ref = _model(folder)
+    with torch.no_grad():
+        ref.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"train dataset row 0"):
+        APOTrainer(_model(folder), ref_model=ref, args=_args(tmp_path, precompute_ref_log_probs=True),
+                   train_dataset=Dataset.from_list(_rows(2)), processing_class=tok)
+
+
+def test_prompt_longer_than_max_length_is_an_error_not_a_cut(lm):
+    _, tok = lm
+    rows = _rows(2)
+    for i, r in enumerate(rows):
+        r["apo_index"] = i
+    rows[1]["prompt"] = [{"role": "user", "content": " ".join(TEXTS * 6)}]
+    with pytest.raises(DataError, match=r"row 1.*prompt .*max_length=24"):
+        DataCollatorForAPO(tok, max_length=24)(rows)
+
+
+def test_cut_answers_past_the_threshold_stop_training(lm):
+    _, tok = lm
+    rows = _rows(16)
+    for i, r in enumerate(rows):
+        r["apo_index"] = i
+        r["chosen"] = [{"role": "assistant", "content": " ".join(TEXTS * 4)}]
+    collator = DataCollatorForAPO(tok, max_length=48, max_truncated_share=0.1)
+    collator(rows[:8])  # 32 sequences, 8 cut: under 50 sequences, counted only
+    assert collator.truncated == 8
+    with pytest.raises(DataError, match=r"16 of 64 sequences .*max_truncated_share=0.1"):
+        collator(rows[8:])
+    relaxed = DataCollatorForAPO(tok, max_length=48, max_truncated_share=1.0)
+    relaxed(rows[:8]), relaxed(rows[8:])
+    assert relaxed.truncated == 16
+
+
+@pytest.mark.slow
+def test_evaluate_on_image_rows_and_compute_metrics(tmp_path):
+    """trainer.evaluate(rows with images) and compute_metrics: the images column was not renamed for evaluate(), and
+    TRL's prediction_step read `.logits` from the dict compute_loss returns."""
+    import numpy as np
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from test_tiny_vlm import FINDINGS, PROMPT, SMALL, _apo_rows
+    from cxr_max.training.tiny import tiny_vlm
+
+    tiny_vlm(list(FINDINGS.values()) + [PROMPT], tmp_path / "vlm", spec=SMALL, seed=0)
+    seen = {}
+
+    def metrics(pred):
+        r, present = pred.predictions, pred.label_ids
+        seen["shape"] = r.shape
+        best_negative = np.where(present == 1, r[:, 1:], -np.inf).max(axis=1)
+        return {"positive_wins": float((r[:, 0] > best_negative).mean())}
+
+    args = _args(tmp_path, max_length=256, per_device_eval_batch_size=2, max_steps=1)
+    trainer = APOTrainer(AutoModelForImageTextToText.from_pretrained(tmp_path / "vlm"), args=args,
+                         train_dataset=Dataset.from_list(_apo_rows(2)), eval_dataset=Dataset.from_list(_apo_rows(4)),
+                         processing_class=AutoProcessor.from_pretrained(tmp_path / "vlm"), compute_metrics=metrics)
+    out = trainer.evaluate()
+    assert seen["shape"] == (4, 4) and 0 <= out["eval_positive_wins"] <= 1 and "eval_rewards/chosen" in out
+    extra = trainer.evaluate(eval_dataset=Dataset.from_list(_apo_rows(2, k=2)), metric_key_prefix="heldout")
+    assert np.isfinite(extra["heldout_loss"]) and seen["shape"] == (2, 3)
