@@ -50,6 +50,7 @@ FRONTAL_MEANINGS = ("postero-anterior", "antero-posterior")
 TRAJECTORY_SHARD_ROWS = 20_000  # rows per yielded table when a file is large
 MIMIC_SHARD_ROWS = 2_000  # images per mimic-config shard (a range of the index, not a table slice)
 IMAGES_PER_SHARD = 25_000  # images per trajectory-config shard (at least num_proc shards)
+SPILL_WAIT_SECONDS = 3600.0  # how long a worker waits for another to parse a trajectory file
 TEST_LABEL_SOURCES = ("radiologist",)
 MS_CXR_T_FILE = "MS_CXR_T_temporal_image_classification_v1.0.0.csv"
 
@@ -145,7 +146,10 @@ class CxrMaxConfig(datasets.BuilderConfig):
                 self.views = (self.views,)
 
     def create_config_id(self, config_kwargs: dict, custom_features=None) -> str:
-        # The cache key must change when the input files change, not only when the options do.
+        # The cache key must change when the input files change, not only when the options do. The builder
+        # reads no data files: the empty data_files datasets.load_dataset passes is dropped, so both entry
+        # points (cxr_max.load_dataset, datasets.load_dataset("cxr_max")) name the same cache folder.
+        config_kwargs = {k: v for k, v in config_kwargs.items() if not (k == "data_files" and not v)}
         base = super().create_config_id(config_kwargs, custom_features)
         return base + "-" + _inputs_fingerprint(config_kwargs)
 
@@ -378,6 +382,28 @@ def image_problem(path: str | None, level: str) -> str | None:
     return None
 
 
+class _BadInput(datasets.exceptions.DatasetGenerationError):
+    """A DataError raised in a worker, carried (picklable) to the process that called download_and_prepare."""
+
+    def __init__(self, err: DataError | None = None, *, message: str = "", path=None, row=None, reason=None):
+        if err is not None:
+            message, path, row, reason = err.args[0] if err.args else str(err), err.path, err.row, err.reason
+        super().__init__(message)
+        self.message, self.path, self.row, self.reason = message, path, row, reason
+
+    def __reduce__(self):
+        return (_rebuild_bad_input, (self.message, self.path, self.row, self.reason))
+
+    def data_error(self) -> DataError:
+        err = DataError("", path=None)
+        err.args, err.path, err.row, err.reason = (self.message,), self.path, self.row, self.reason
+        return err
+
+
+def _rebuild_bad_input(message, path, row, reason) -> _BadInput:
+    return _BadInput(message=message, path=path, row=row, reason=reason)
+
+
 # ---------------------------------------------------------------------------------------------
 # The builder
 
@@ -470,6 +496,8 @@ class CxrMax(datasets.ArrowBasedBuilder):
                 for j, table in enumerate(self._chunk_tables(chunk)):
                     if table.num_rows:
                         yield Key(i, j), table
+        except DataError as e:  # through datasets' worker pool intact (it re-raises its own error type as is)
+            raise _BadInput(e) from e
         finally:
             self._skips = outer if outer is not None else local
             self._report_worker_skips(local)
@@ -492,6 +520,8 @@ class CxrMax(datasets.ArrowBasedBuilder):
         self._preparing = True
         try:
             super()._download_and_prepare(dl_manager, verification_mode, **prepare_split_kwargs)
+        except _BadInput as e:
+            raise e.data_error() from None
         except datasets.exceptions.DatasetGenerationError as e:
             cause = e.__cause__
             while cause is not None and not isinstance(cause, DataError):
@@ -679,22 +709,8 @@ class CxrMax(datasets.ArrowBasedBuilder):
         (and splits) to Arrow IPC files, which their shard memory-maps instead of parsing the file again.
         """
         split, shard, plan = chunk["split"], chunk["shard"], chunk["plan"]
-        parts = []
-        for path in chunk["files"]:
-            spill = self._spill_file(path, f"{split}#{shard}")
-            if spill.exists():
-                parts.append(_read_ipc(spill))
-                spill.unlink()
-                continue
-            joined = self._parse_and_route(path, plan)
-            for (s, k), part in joined.items():
-                if (s, k) == (split, shard):
-                    parts.append(part)
-                else:
-                    target = self._spill_file(path, f"{s}#{k}")
-                    if not target.exists():
-                        _write_ipc(target, part)
-        parts = [p for p in parts if p.num_rows]
+        parts = [self._file_part(path, split, shard, plan) for path in chunk["files"]]
+        parts = [p for p in parts if p is not None and p.num_rows]
         if not parts:
             return FULL_SCHEMA.empty_table(), self._image_index().schema.empty_table()
         table = pa.concat_tables(parts)
@@ -706,6 +722,50 @@ class CxrMax(datasets.ArrowBasedBuilder):
             mask = pa.array(keep)
             table, img = table.filter(mask), img.filter(mask)
         return table, img
+
+    def _file_part(self, path: str, split: str, shard: int, plan: dict[str, list[str]]) -> pa.Table | None:
+        """The rows of one file that belong to one shard. The first worker to claim the file parses it and
+        spills every shard's part (so a file is parsed, and its bad rows counted, once); the others wait for
+        its ``done`` marker and memory-map their part."""
+        folder = self._spill_file("", "").parent
+        tag = hashlib.sha1(path.encode()).hexdigest()[:16]
+        done, target = folder / f"done-{tag}", self._spill_file(path, f"{split}#{shard}")
+        if not done.exists():
+            try:
+                os.close(os.open(folder / f"claim-{tag}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                mine = True
+            except FileExistsError:
+                mine = False
+            if mine:
+                routed = self._parse_and_route(path, plan)
+                empty = None
+                for s, bounds in plan.items():
+                    for k in range(len(bounds) + 1):
+                        part = routed.get((s, k))
+                        if part is None:
+                            empty = empty if empty is not None else self._joined_schema().empty_table()
+                            part = empty
+                        _write_ipc(self._spill_file(path, f"{s}#{k}"), part)
+                done.touch()
+            else:
+                import time
+
+                waited = 0.0
+                while not done.exists():  # another worker is parsing this file
+                    time.sleep(0.05)
+                    waited += 0.05
+                    if waited > SPILL_WAIT_SECONDS:
+                        raise RuntimeError(f"gave up waiting for another worker to read {path} (no {done})")
+        if target.exists():
+            table = _read_ipc(target)
+            target.unlink()
+            return table
+        # Already consumed: a second pass over a streamed split reads the file again.
+        return self._parse_and_route(path, plan).get((split, shard))
+
+    def _joined_schema(self) -> pa.Schema:
+        img = self._image_index().schema
+        return FULL_SCHEMA.append(pa.field("__img", pa.struct(list(img))))
 
     def _parse_and_route(self, path: str, plan: dict[str, list[str]]) -> dict[tuple[str, int], pa.Table]:
         """Read one trajectory file (streamed in batches), join its rows to the images, cut by (split, shard)."""
@@ -812,10 +872,15 @@ class CxrMax(datasets.ArrowBasedBuilder):
 
         parsed: dict[str, tuple] = {}  # one report read and parse per study, not per image
         subjects, studies = img.column("subject_id").to_pylist(), img.column("study_id").to_pylist()
+        store = root.reports if has_reports else None
         for subject_id, study_id in zip(subjects, studies):
-            if study_id in parsed or not has_reports:
+            if study_id in parsed or store is None:
                 continue
             text = sections = None
+            if not store.has(subject_id, study_id):  # real copies have studies without a report: null, and counted
+                self._skips.add("study without a report (report, findings, impression null)", store.where(subject_id, study_id))
+                parsed[study_id] = (None, None, None)
+                continue
             try:
                 text = root.report_text(study_id, subject_id)
                 sections = parse_report(text) if text is not None else None

@@ -12,6 +12,7 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -172,13 +173,24 @@ class MimicTree:
     image_ids: list[str]
 
 
+# Radiologists' labels of the test study, as mimic-cxr-2.1.0-test-set-labeled.csv prints them: study_id only,
+# "Airspace Opacity" for CheXpert's "Lung Opacity".
+TEST_SET_LABELS = {"59999999": {"Airspace Opacity": "1.0", "Pleural Effusion": "0.0", "No Finding": ""}}
+
+
+def radiologist_header() -> list[str]:
+    return ["study_id", *("Airspace Opacity" if n == "Lung Opacity" else n for n in CHEXPERT_LABELS)]
+
+
 def make_mimic_tree(
-    tmp: Path, *, dicom: bool = True, reports: str | None = "tree", gz: bool = True
+    tmp: Path, *, dicom: bool = True, reports: str | None = "tree", gz: bool = True, test_labels: bool = False
 ) -> MimicTree:
     """Write a complete tiny MIMIC-CXR-JPG (+ DICOM) copy under ``tmp``.
 
     ``reports``: "tree" (per-study .txt in the DICOM root), "zip" (``mimic-cxr-reports.zip`` with
-    inner paths ``files/...``), "zip-prefixed" (inner paths under a top folder), or None.
+    inner paths ``files/...``), "zip-prefixed" (inner paths under a top folder), "tar.gz"
+    (``mimic-cxr-reports.tar.gz`` with a top folder, as PhysioNet also offers it), or None.
+    ``test_labels`` adds ``mimic-cxr-2.1.0-test-set-labeled.csv`` (:data:`TEST_SET_LABELS`).
     """
     jpg_root = tmp / "mimic-cxr-jpg"
     dicom_root = tmp / "mimic-cxr" if dicom else None
@@ -217,4 +229,15 @@ def make_mimic_tree(
             with zipfile.ZipFile(dicom_root / "mimic-cxr-reports.zip", "w") as zf:
                 for rel, text in texts.items():
                     zf.writestr(prefix + rel, text)
+        elif reports == "tar.gz":
+            with tarfile.open(dicom_root / "mimic-cxr-reports.tar.gz", "w:gz") as tf:
+                for rel, text in texts.items():
+                    data = text.encode()
+                    info = tarfile.TarInfo("mimic-cxr-reports/" + rel)
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+    if test_labels:
+        header = radiologist_header()
+        write_csv(jpg_root / "mimic-cxr-2.1.0-test-set-labeled.csv", header,
+                  [[study, *(v.get(c, "") for c in header[1:])] for study, v in TEST_SET_LABELS.items()], gz=False)
     return MimicTree(jpg_root, dicom_root, list(IMAGE_IDS))

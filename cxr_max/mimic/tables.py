@@ -303,6 +303,8 @@ def radiologist_label_struct(table: pa.Table, study_ids: pa.ChunkedArray | pa.Ar
     null (as a whole) for a study the radiologists did not label."""
     from cxr_max.trajectories.schema import LABELS_TYPE
 
+    if isinstance(study_ids, pa.ChunkedArray):
+        study_ids = study_ids.combine_chunks()
     at = pc.index_in(study_ids, value_set=table["study_id"].combine_chunks())
     fields = [table[name].combine_chunks().take(at) for name in CHEXPERT_LABELS]
     missing = pc.is_null(at)
