@@ -302,3 +302,28 @@ def test_frontal_views_include_variants_and_the_code_meaning_fallback(synthetic_
     assert any(not m["ViewPosition"] for m in meta) and any(m["ViewPosition"] in variants for m in meta)
     ds = _load("mimic", tmp_path, images="path", views="frontal")
     assert {d for s in ds.values() for d in s["dicom_id"]} == frontal
+
+
+# --- (8) the authors' files through the builder
+
+
+def test_authors_json_array_folder_through_the_builder(small, tmp_path):
+    truth = load_truth(small)
+    t = next(x for x in truth.values() if x.split == "train" and x.view != "LATERAL")
+    prompt = "This is a patient's chest DR image <image>. Please help me determine the patient's disease."
+    row = {"messages": [{"role": "system", "content": "You are a radiologist."}, {"role": "user", "content": prompt},
+                        {"role": "assistant", "content": "<think> Big heart. </think>The disease of this patient is cardiomegaly."}],
+           "images": [{"path": f"files/p{t.subject_id[:2]}/p{t.subject_id}/s{t.study_id}/{t.dicom_id}.jpg"}],
+           "rejected_response": "<think> Clear. </think>The disease of this patient is no finding.",
+           "model": "qwen-vl-max", "rejected_model": "gpt-5-nano"}
+    folder = tmp_path / "authors"
+    folder.mkdir()
+    (folder / "APO.json").write_text(json.dumps([row]))
+    kw = dict(data_dir=str(small / "mimic-cxr-jpg"), trajectories=str(folder), adapter="ms_swift", splits=("train",))
+    sft = _load("sft", tmp_path / "a", split="train", include_refusals=True, **kw)
+    assert sorted(sft["teacher"]) == ["gpt-5-nano", "qwen-vl-max"]
+    msgs = next(r for r in sft if r["teacher"] == "qwen-vl-max")["messages"]
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
+    assert msgs[0]["content"][0]["text"] == "You are a radiologist."
+    traj = _load("trajectories", tmp_path / "b", split="train", **kw)
+    assert set(traj["subject_id"]) == {t.subject_id} and set(traj["dicom_id"]) == {t.dicom_id}
