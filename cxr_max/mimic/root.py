@@ -327,19 +327,23 @@ class MimicRoot:
         return _label_struct(found, "_has_labels")
 
     # ------------------------------------------------------------------------------ validation
-    def validate(self, *, check_files: bool = True, max_examples: int = 5, progress: bool = True) -> "ValidationReport":
+    def validate(self, *, check_files: bool = True, max_examples: int = 5, progress: bool = True,
+                 verify_images: bool = False, needed: Any = None) -> "ValidationReport":
         """Check this copy and return a :class:`ValidationReport` (it never raises on bad data).
 
         Checks: the tables exist and have their columns; bad rows in each table (as counted skips);
         duplicated dicom_ids; split rows with no metadata and metadata rows with no split; split
         rows whose subject/study disagree with the metadata; split names outside train / validate
         / test; patients in more than one split; studies with no label row and label rows with no
-        study; identifiers not in the PhysioNet format; and, with ``check_files``, images (JPG and,
-        with a DICOM root, DICOM) and reports listed but absent on disk.
+        study; all-blank label rows; identifiers not in the PhysioNet format; view positions beyond
+        PA/AP/LATERAL; and, with ``check_files``, images (JPG and, with a DICOM root, DICOM) and reports
+        listed but absent on disk, empty JPGs, and (``verify_images``) truncated JPGs. ``needed`` (the
+        dicom_ids some rows join to) turns missing images nobody needs into a "partial-copy" note.
         """
         from cxr_max.mimic.validate import validate_root
 
-        return validate_root(self, check_files=check_files, max_examples=max_examples, progress=progress)
+        return validate_root(self, check_files=check_files, max_examples=max_examples, progress=progress,
+                             verify_images=verify_images, needed=needed)
 
 
 __all__ = ["MimicRoot", "IMAGES_SCHEMA", "STUDIES_SCHEMA", "SPLITS"]

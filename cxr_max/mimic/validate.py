@@ -123,14 +123,41 @@ def _read(root: "MimicRoot", name: str, report: ValidationReport, required: bool
 
 def _missing_on_disk(paths: list[str], what: str, progress: bool) -> list[str]:
     """The paths that are not files, with a rich progress bar for long lists."""
+    return [p for p, problem in _file_problems(paths, what, progress, "exists") if problem]
+
+
+def _file_problems(paths: list[str], what: str, progress: bool, level: str) -> list[tuple[str, str | None]]:
+    """(path, problem or None) for each path: "exists" only stats (an empty file is a problem too),
+    "verify" also checks the JPEG signature and end-of-image marker (see ``cxr_max.builder.image_problem``)."""
     from rich.progress import track
 
+    from cxr_max.builder import image_problem
+
     it = track(paths, description=f"checking {what}", disable=not progress or len(paths) < 2000, transient=True)
-    return [p for p in it if not os.path.isfile(p)]
+    out = []
+    for p in it:
+        try:
+            size = os.path.getsize(p)
+        except OSError:
+            out.append((p, "missing image file"))
+            continue
+        if size == 0:
+            out.append((p, "empty image file"))
+        elif level == "verify":
+            out.append((p, image_problem(p, "verify")))
+        else:
+            out.append((p, None))
+    return out
 
 
-def validate_root(root: "MimicRoot", *, check_files: bool = True, max_examples: int = 5, progress: bool = True) -> ValidationReport:
-    """Run every check of :meth:`MimicRoot.validate` on ``root``."""
+def validate_root(root: "MimicRoot", *, check_files: bool = True, max_examples: int = 5, progress: bool = True,
+                  verify_images: bool = False, needed: "pa.Array | None" = None) -> ValidationReport:
+    """Run every check of :meth:`MimicRoot.validate` on ``root``.
+
+    ``verify_images`` also checks each JPG's signature and end-of-image marker (truncated downloads);
+    ``needed`` (dicom_ids the user's rows join to, e.g. a trajectory folder's): missing images outside it
+    are a partial copy (info), inside it an error.
+    """
     report = ValidationReport(str(root.jpg_root), str(root.dicom_root) if root.dicom_root else None)
     ex = max_examples
     meta = _read(root, "metadata", report, True, ex)
@@ -150,9 +177,16 @@ def validate_root(root: "MimicRoot", *, check_files: bool = True, max_examples: 
             bad = meta.filter(pc.invert(pc.match_substring_regex(meta[column], pattern)))
             if bad.num_rows:
                 report.add("warning", f"id-format-{column}", f"metadata {column} values not in the PhysioNet format", bad.num_rows, _examples(bad[column], ex))
-        no_view = pc.sum(pc.is_null(meta["ViewPosition"])).as_py() or 0
-        if no_view:
-            report.add("info", "no-view-position", "images with an empty ViewPosition", no_view)
+        no_view = meta.filter(pc.is_null(meta["ViewPosition"]))
+        if no_view.num_rows:
+            report.add("info", "no-view-position", "images with an empty ViewPosition (views='frontal' falls back to "
+                       "ViewCodeSequence_CodeMeaning)", no_view.num_rows, _examples(no_view["dicom_id"], ex))
+        views = pc.value_counts(meta["ViewPosition"].combine_chunks()).to_pylist()
+        other = {v["values"]: v["counts"] for v in views if v["values"] not in (None, "PA", "AP", "LATERAL")}
+        if other:
+            report.add("info", "other-view-positions", "images in view positions other than PA/AP/LATERAL: "
+                       + ", ".join(f"{k} {n}" for k, n in sorted(other.items(), key=lambda kv: -kv[1])), sum(other.values()),
+                       _examples(meta.filter(pc.is_in(meta["ViewPosition"], pa.array(list(other))))["dicom_id"], ex))
 
     if meta is not None and split is not None:
         report.counts["split rows"] = split.num_rows
@@ -183,6 +217,12 @@ def validate_root(root: "MimicRoot", *, check_files: bool = True, max_examples: 
         unlabelled = studies.join(labels.select(["subject_id", "study_id"]), keys=["subject_id", "study_id"], join_type="left anti")
         if unlabelled.num_rows:
             report.add("warning", "study-without-labels", f"studies with no row in the {root.labels} table", unlabelled.num_rows, _examples(unlabelled["study_id"], ex))
+        from cxr_max.labels import CHEXPERT_LABELS
+
+        blank = labels.filter(_all_null(labels, CHEXPERT_LABELS))
+        if blank.num_rows:
+            report.add("warning", "blank-label-rows", f"{root.labels} rows with every label empty", blank.num_rows,
+                       _examples(blank["study_id"], ex))
         stray = labels.join(studies, keys=["subject_id", "study_id"], join_type="left anti")
         if stray.num_rows:
             report.add("warning", "labels-without-study", f"{root.labels} rows whose study is not in the metadata", stray.num_rows, _examples(stray["study_id"], ex))
@@ -192,9 +232,29 @@ def validate_root(root: "MimicRoot", *, check_files: bool = True, max_examples: 
 
         subject, study, dicom = meta["subject_id"], meta["study_id"], meta["dicom_id"]
         jpgs = _file_paths(root.jpg_root, subject, study, ["/", dicom, ".jpg"]).to_pylist()
-        missing = _missing_on_disk(jpgs, "JPG files", progress)
-        if missing:
-            report.add("error", "missing-image-files", "images listed in the metadata but absent on disk", len(missing), missing[:ex])
+        problems = _file_problems(jpgs, "JPG files", progress, "verify" if verify_images else "exists")
+        wanted = None if needed is None else set(pc.unique(needed).to_pylist())
+        ids = dicom.to_pylist()
+        by_kind: dict[str, list[str]] = {}
+        partial: list[str] = []
+        for i, (path, problem) in enumerate(problems):
+            if problem is None:
+                continue
+            if problem == "missing image file" and wanted is not None and ids[i] not in wanted:
+                partial.append(path)
+            else:
+                by_kind.setdefault(problem.split(" (")[0], []).append(path)
+        report.counts["JPGs on disk"] = sum(1 for _, problem in problems if problem != "missing image file")
+        if partial:
+            report.add("info", "partial-copy", "images of the metadata absent on disk that no given trajectory needs",
+                       len(partial), partial[:ex])
+        names = {"missing image file": ("missing-image-files", "images listed in the metadata but absent on disk"
+                                        + (" that the trajectories need" if wanted is not None else "")),
+                 "empty image file": ("empty-image-files", "empty (0-byte) JPG files"),
+                 "truncated JPEG": ("truncated-image-files", "JPGs without an end-of-image marker (a cut download)")}
+        for kind, paths in by_kind.items():
+            check, message = names.get(kind, ("corrupt-image-files", f"unreadable JPGs ({kind})"))
+            report.add("error", check, message, len(paths), paths[:ex])
         if root.dicom_root is not None:
             dcms = _file_paths(root.dicom_root, subject, study, ["/", dicom, ".dcm"]).to_pylist()
             missing = _missing_on_disk(dcms, "DICOM files", progress)
@@ -206,8 +266,12 @@ def validate_root(root: "MimicRoot", *, check_files: bool = True, max_examples: 
             report.add("error", "unreadable-reports", str(e), 1)
         else:
             if store is None:
-                report.add("info", "no-reports", "no reports found (no mimic-cxr-reports.zip or files/**/s*.txt)", 1)
+                report.add("warning", "no-reports", "no reports found (no mimic-cxr-reports.zip, mimic-cxr-reports.tar.gz "
+                           "or files/**/s*.txt): the mimic config's report columns will be null", 1,
+                           [str(r) for r in (root.dicom_root, root.jpg_root) if r is not None][:1])
             else:
+                report.add("info", "report-source", f"reports read from the {store.kind}", len(store) if store.kind != "tree" else 1,
+                           [str(store.source)])
                 keys = meta.select(["subject_id", "study_id"]).group_by(["subject_id", "study_id"]).aggregate([])
                 pairs = zip(keys["subject_id"].to_pylist(), keys["study_id"].to_pylist())
                 absent = [store.where(s, t) for s, t in pairs if not store.has(s, t)]
@@ -215,4 +279,18 @@ def validate_root(root: "MimicRoot", *, check_files: bool = True, max_examples: 
                     report.add("warning", "missing-reports", "studies with no report", len(absent), absent[:ex])
     elif check_files:
         report.add("info", "files-not-checked", "files on disk not checked: the metadata is missing or unreadable", 1)
+    test_labels = root.table_path("test-labels", required=False)
+    if test_labels is None:
+        report.add("info", "no-radiologist-test-labels", "mimic-cxr-2.1.0-test-set-labeled.csv not found "
+                   "(test_labels='radiologist' needs it; it ships with MIMIC-CXR-JPG 2.1.0)", 1)
+    else:
+        _read(root, "test-labels", report, False, ex)
     return report
+
+
+def _all_null(table: pa.Table, names) -> pa.Array:
+    mask = None
+    for n in names:
+        m = pc.is_null(table[n])
+        mask = m if mask is None else pc.and_(mask, m)
+    return mask
