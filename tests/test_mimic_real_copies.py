@@ -327,3 +327,11 @@ def test_authors_json_array_folder_through_the_builder(small, tmp_path):
     assert msgs[0]["content"][0]["text"] == "You are a radiologist."
     traj = _load("trajectories", tmp_path / "b", split="train", **kw)
     assert set(traj["subject_id"]) == {t.subject_id} and set(traj["dicom_id"]) == {t.dicom_id}
+
+
+def test_synthetic_world_ships_radiologist_test_labels(small, tmp_path):
+    ds = _load("mimic", tmp_path, split="test", data_dir=str(small / "mimic-cxr-jpg"), images="path", test_labels="radiologist")
+    truth = load_truth(small)
+    assert ds.num_rows and all(r["labels"] == truth[r["dicom_id"]].labels for r in ds)
+    header = (small / "mimic-cxr-jpg" / "mimic-cxr-2.1.0-test-set-labeled.csv").read_text().splitlines()[0]
+    assert header.startswith("study_id,") and "Airspace Opacity" in header and "subject_id" not in header

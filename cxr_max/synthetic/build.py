@@ -2,7 +2,8 @@
 
 ``ensure_synthetic()`` returns a root folder holding::
 
-    mimic-cxr-jpg/  files/p1x/p1xxxxxxx/s5xxxxxxx/<dicom_id>.jpg and mimic-cxr-2.0.0-{metadata,split,chexpert,negbio}.csv.gz
+    mimic-cxr-jpg/  files/p1x/p1xxxxxxx/s5xxxxxxx/<dicom_id>.jpg and mimic-cxr-2.0.0-{metadata,split,chexpert,negbio}.csv.gz,
+                    mimic-cxr-2.1.0-test-set-labeled.csv (radiologists' labels of the test studies)
     mimic-cxr/      files/.../<dicom_id>.dcm, files/p1x/p1xxxxxxx/s5xxxxxxx.txt, mimic-cxr-reports.zip,
                     cxr-record-list.csv.gz, cxr-study-list.csv.gz
     ms-cxr-t/       MS_CXR_T_temporal_image_classification_v1.0.0.csv
@@ -57,6 +58,8 @@ METADATA_COLUMNS = (
 )
 SPLIT_COLUMNS = ("dicom_id", "study_id", "subject_id", "split")
 LABEL_COLUMNS = ("subject_id", "study_id") + CHEXPERT_LABELS
+TEST_SET_LABELS_FILE = "mimic-cxr-2.1.0-test-set-labeled.csv"
+RADIOLOGIST_COLUMNS = ("study_id",) + tuple("Airspace Opacity" if n == "Lung Opacity" else n for n in CHEXPERT_LABELS)
 MS_CXR_T_FILE = "MS_CXR_T_temporal_image_classification_v1.0.0.csv"
 MS_CXR_T_COLUMNS = (
     ("dicom_id", "previous_dicom_id", "subject_id", "study_id", "previous_study_id")
@@ -224,6 +227,11 @@ def _write_tables(root: Path, patients: list[Patient], shape: tuple[int, int]) -
     _gzip_csv(jpg_root / "mimic-cxr-2.0.0-split.csv.gz", SPLIT_COLUMNS, split)
     _gzip_csv(jpg_root / "mimic-cxr-2.0.0-chexpert.csv.gz", LABEL_COLUMNS, chexpert)
     _gzip_csv(jpg_root / "mimic-cxr-2.0.0-negbio.csv.gz", LABEL_COLUMNS, negbio)
+    # The radiologists' test-set labels (MIMIC-CXR-JPG 2.1.0): study_id only, "Airspace Opacity", plain CSV.
+    radiologist = [{"study_id": s.study_id, **{RADIOLOGIST_COLUMNS[i + 1]: _fmt_label(s.labels[n])
+                                              for i, n in enumerate(CHEXPERT_LABELS)}}
+                   for p in patients if p.split == "test" for s in p.studies]
+    _atomic_write(jpg_root / TEST_SET_LABELS_FILE, _csv_bytes(RADIOLOGIST_COLUMNS, radiologist))
     _gzip_csv(dcm_root / "cxr-record-list.csv.gz", ("subject_id", "study_id", "dicom_id", "path"), records)
     _gzip_csv(dcm_root / "cxr-study-list.csv.gz", ("subject_id", "study_id", "path"), study_rows)
 
