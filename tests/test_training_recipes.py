@@ -143,3 +143,156 @@ def test_tiny_student_reads_the_pixels(tmp_path):
     print(before, after)
     assert after["gap"] > 0.02 and after["black"] > after["true"] + 0.02, after
     assert after["gap"] > 5 * abs(before["gap"]), (before, after)
+
+
+# ------------------------------------------------------------------ defects found by a review (issue 11)
+LM_TEXTS = ["the heart is enlarged", "left pleural effusion", "no acute finding", "what is the disease"]
+
+
+def _lm_rows(n=6):
+    return [{"prompt": [{"role": "user", "content": f"what is the disease {i}?"}],
+             "chosen": [{"role": "assistant", "content": LM_TEXTS[i % 3]}],
+             "rejected": [[{"role": "assistant", "content": LM_TEXTS[(i + j) % 3] + f" {j}"}] for j in (1, 2)],
+             "rejected_teachers": ["gpt", "grok"], "rejected_weights": [1.0, 2.0]} for i in range(n)]
+
+
+def _critique_args(tmp_path, out, *extra):
+    return _parse(critique, CONFIGS / "critique_tiny.yaml", "--model_name_or_path", str(tmp_path / "lm"),
+                  "--output_dir", str(out), "--save_steps", "1", "--logging_steps", "1",
+                  "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--save_total_limit", "5", *extra)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precompute", ["false", "true"])
+def test_resumed_critique_keeps_the_learn_model_as_reference(tmp_path, precompute):
+    """Resuming a full fine-tune loads the policy from the checkpoint; DPOTrainer then copied its reference from
+    the checkpoint too (and with precompute the cache check failed, its advice making the error silent)."""
+    from cxr_max.training import APOTrainer
+    from cxr_max.training.recipe_utils import load_policy, run_stage
+    from cxr_max.training.tiny import tiny_lm
+
+    tiny_lm(LM_TEXTS, tmp_path / "lm", seed=0)
+    out = tmp_path / "critique"
+    ds = Dataset.from_list(_lm_rows())
+    script, args, model = _critique_args(tmp_path, out, "--max_steps", "2", "--precompute_ref_log_probs", precompute)
+    _, first = run_stage(APOTrainer, ds, args, model, model_path=str(tmp_path / "lm"), stage="critique")
+    script, args, model = _critique_args(tmp_path, out, "--max_steps", "3", "--precompute_ref_log_probs", precompute,
+                                         "--resume_from_checkpoint", "last")
+    _, resumed = run_stage(APOTrainer, ds, args, model, model_path=str(tmp_path / "lm"), stage="critique")
+    learn_model, ckpt = load_policy(str(tmp_path / "lm")), load_policy(str(out / "checkpoint-2"))
+    assert any(not torch.equal(a, b) for a, b in zip(learn_model.parameters(), ckpt.parameters()))
+    if precompute == "true":  # the cached reference of the first run is reused as is
+        assert resumed.ref_model is None
+        assert resumed.train_dataset["ref_logps"] == first.train_dataset["ref_logps"]
+    else:
+        for a, b in zip(resumed.ref_model.parameters(), learn_model.parameters()):
+            assert torch.equal(a, b)
+    assert resumed.state.global_step == 3
+
+
+def test_lora_leaves_the_vision_side_frozen_by_default(tmp_path):
+    from peft import get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from cxr_max.training.multimodal import is_vision_parameter
+    from cxr_max.training.recipe_utils import lora_config
+    from cxr_max.training.tiny import tiny_vlm
+
+    tiny_vlm(["a b c", "left pleural effusion"], tmp_path / "vlm", spec=SMALL)
+    _, _, model_args = _parse(critique, CONFIGS / "critique_tiny.yaml", "--use_peft", "true",
+                              "--lora_target_modules", "all-linear")
+
+    def adapted(freeze_vit):
+        m = AutoModelForImageTextToText.from_pretrained(tmp_path / "vlm")
+        peft = get_peft_model(m, lora_config(model_args, m, freeze_vit=freeze_vit))
+        names = [n for n, p in peft.named_parameters() if "lora_" in n]
+        return [n for n in names if is_vision_parameter(n)], [n for n in names if not is_vision_parameter(n)]
+
+    vision, text = adapted(True)
+    assert vision == [] and text
+    vision, text = adapted(False)
+    assert vision and text
+    script, _, _ = _parse(critique, CONFIGS / "critique_tiny.yaml")
+    assert script.freeze_vit is True
+
+
+@pytest.mark.slow
+def test_lora_merge_under_zero3_goes_through_the_saved_adapter(tmp_path, monkeypatch):
+    """Under ZeRO-3 merge_and_unload would merge partitioned parameters: the adapter is saved and merged into the
+    base checkpoint on the CPU instead. (ZeRO-3 is simulated: DeepSpeed does not run on this CPU machine.)"""
+    from peft import LoraConfig
+
+    from cxr_max.training import APOConfig, APOTrainer, recipe_utils
+    from cxr_max.training.tiny import tiny_lm
+
+    _, tok = tiny_lm(LM_TEXTS, tmp_path / "lm", seed=0)
+    from transformers import AutoModelForCausalLM
+
+    args = APOConfig(str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=2, learning_rate=1e-2,
+                     use_cpu=True, bf16=False, report_to="none", save_strategy="no")
+    trainer = APOTrainer(AutoModelForCausalLM.from_pretrained(tmp_path / "lm"), args=args,
+                         train_dataset=Dataset.from_list(_lm_rows(2)), processing_class=tok,
+                         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                init_lora_weights=False))
+    trainer.train()
+    import copy
+
+    merged_in_memory = copy.deepcopy(trainer.model).merge_and_unload().state_dict()
+    monkeypatch.setattr(recipe_utils, "_is_zero3", lambda t: True)
+    out = recipe_utils.save_final(trainer, tok, str(tmp_path / "final"), source=str(tmp_path / "lm"), stage="critique")
+    assert (Path(out) / "adapter" / "adapter_config.json").is_file() and (Path(out) / "config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    for k, v in merged.items():
+        assert torch.allclose(v, merged_in_memory[k], atol=1e-6), k
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "lm").state_dict()
+    assert any(not torch.equal(merged[k], base[k]) for k in base)
+
+
+def test_embedded_default_is_loud_recorded_and_never_called_mimic(tmp_path, capsys):
+    from cxr_max.training.recipe_utils import card_data_text, describe_data, require_data_location
+
+    data = describe_data(stage="learn")
+    assert data == {"source": "embedded synthetic", "synthetic": True, "location": None}
+    assert "EMBEDDED SYNTHETIC" in capsys.readouterr().out
+    world = tmp_path / "world"
+    (world / "mimic-cxr-jpg").mkdir(parents=True)
+    (world / "truth.jsonl").write_text("")
+    assert describe_data(data_dir=str(world / "mimic-cxr-jpg"))["source"] == "embedded synthetic"
+    (tmp_path / "real").mkdir()
+    assert describe_data(data_dir=str(tmp_path / "real"))["source"] == "mimic-cxr-jpg"
+    text, limits = card_data_text([{"name": "learn", "data": data}, {"name": "critique", "data": data}])
+    assert "not on MIMIC-CXR" in text and limits
+    text, _ = card_data_text([{"name": "learn", "data": {"source": "mimic-cxr-jpg"}}])
+    assert text.startswith("Trained on MIMIC-CXR-JPG")
+    text, _ = card_data_text([{"name": "learn", "data": {"source": "in-process"}}])
+    assert "MIMIC" not in text
+    with pytest.raises(SystemExit, match="requires a data location"):
+        require_data_location(True, "learn", data_dir=None, dataset_path=None)
+    require_data_location(True, "learn", data_dir="/data", dataset_path=None)
+
+
+def test_qwen_configs_require_data_and_bound_images(tmp_path):
+    cpu = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
+    for module, name in ((learn, "learn"), (critique, "critique"), (dpo_baseline, "dpo_baseline")):
+        script, args, model = _parse(module, CONFIGS / f"{name}_qwen25vl_7b.yaml", *cpu)
+        assert script.require_data and script.freeze_vit and script.max_pixels == 1003520
+    script, args, model = _parse(learn, CONFIGS / "learn_qwen25vl_7b.yaml", *cpu, "--output_dir", str(tmp_path))
+    with pytest.raises(SystemExit, match="requires a data location"):
+        learn.main(script, args, model)  # stops before loading anything: no silent synthetic run of the 7B
+    script, args, model = _parse(critique, CONFIGS / "critique_qwen25vl_7b.yaml", *cpu, "--output_dir", str(tmp_path))
+    with pytest.raises(SystemExit, match="requires a data location"):
+        critique.main(script, args, model)
+
+
+@pytest.mark.slow
+def test_stage_record_says_what_the_stage_trained_on(tmp_path):
+    from cxr_max.training.tiny import tiny_lm
+
+    tiny_lm(LM_TEXTS, tmp_path / "lm", seed=0)
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in _lm_rows(4)))
+    script, args, model = _critique_args(tmp_path, tmp_path / "c", "--max_steps", "1", "--dataset_path", str(data),
+                                         "--save_strategy", "no")
+    critique.main(script, args, model)
+    stages = json.loads((tmp_path / "c" / "training_stages.json").read_text())
+    assert stages[-1]["data"] == {"source": "rows", "synthetic": None, "location": str(data)}

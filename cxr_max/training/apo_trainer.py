@@ -157,7 +157,13 @@ def validate_apo_rows(dataset: Dataset | IterableDataset, args: APOConfig, name:
         raise DataError("ranking='full' orders each row's negatives by their agreement with the consensus, but the "
                         "rows have no rejected_agreement column (the compare stage's preferences.jsonl has it); set "
                         "full_ranking_by='given' if the negatives are already ordered best to worst", path=where)
-    kwargs = {"desc": f"Validating {name} APO rows"} if isinstance(dataset, Dataset) else {}
+    kwargs = {}
+    if isinstance(dataset, Dataset):
+        # the fingerprint (part of the reference cache's) depends on the data and the options that change rows,
+        # not on the whole config: a resumed run (other max_steps, resume_from_checkpoint) reuses its cache
+        options = (args.max_negatives, args.truncate_negatives, args.on_error, args.ranking, args.full_ranking_by)
+        kwargs = {"desc": f"Validating {name} APO rows",
+                  "new_fingerprint": Hasher.hash((dataset._fingerprint, options, "validate_apo_rows/1"))}
 
     def fix_input(*values_and_idx):
         *values, idx = values_and_idx
