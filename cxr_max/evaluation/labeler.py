@@ -310,6 +310,7 @@ _PSEUDO = (
 _PRE_NEG = _rx(
     r"\b(?:no(?!\s+" + _PSEUDO + r"\b)|not(?!\s+(?:only|" + _PSEUDO + r"\b))|without(?!\s+" + _PSEUDO + r"\b)|"
     r"neither|nor|free of|negative for|absence of|absent|resolution of|resolved|removal of|removed|"
+    r"history of|disappearance of|rather than|"
     r"clear of|clearing of|rules? out|ruled out|exclude[ds]?|excluding|never|denies)\b"
 )
 # Negation after the mention: a verb phrase that denies it ("is not seen", "has resolved", "was removed",
@@ -362,7 +363,7 @@ _PRE_UNC = _rx(
     r"may represent|could represent|worrisome|atypical|early|developing|evolving|"
     r"not (?:clearly|entirely|definitely) (?:excluded|separate)|borderline|apparent|suggestion of|"
     r"compatible with|in the appropriate clinical setting|r/o|rule out|evaluat\w+ for|assess\w* for|maybe|"
-    r"favou?r\w*|correlat\w* (?:clinically )?(?:for|with)|clinical correlation (?:for|with)|"
+    r"favou?r\w*|correlat\w* (?:clinically )?(?:for|with)|clinical correlation (?:for|with)|possibility (?:of|for)|"
     r"differential diagnos\w*)\b|\?"
 )
 _POST_UNC = _rx(
@@ -484,8 +485,14 @@ def _uncertain_before(pre: str) -> bool:
     return _NEW_ASSERTION.search(pre, last.end()) is None or last.group(0) in ("versus", "vs", "vs.")
 
 
+@functools.lru_cache(maxsize=4096)
+def _clause_negated_uncertain(clause: str) -> bool:
+    """Whether the clause holds a negated-uncertainty cue (one search per clause, not per mention)."""
+    return _NEG_UNCERTAIN.search(clause) is not None
+
+
 def _status(pre: str, post: str, clause: str) -> float:
-    if _NEG_UNCERTAIN.search(clause):
+    if _clause_negated_uncertain(clause):
         return UNCERTAIN
     if _negated_before(pre, post) or _negated_after(post):
         return NEGATIVE
@@ -623,11 +630,13 @@ def _clause_findings(clause: str) -> tuple[tuple[tuple[str, float | None], ...],
     for name, rx in (("Cardiomegaly", _HEART), ("Enlarged Cardiomediastinum", _MEDIASTINUM)):
         for m in rx.finditer(clause):
             statuses.append((name, _attribute_status(clause[: m.start()], clause[m.end() :], clause)))
-    for m in _OTHER_FINDINGS.finditer(clause):
-        status = _status(clause[: m.start()], clause[m.end() :], clause)
-        if status in _RELEVANT:
-            statuses.append((OTHER_FINDING, status))
-            break
+    # other abnormalities matter only for No Finding, which a positive/uncertain finding here already decides
+    if not any(st in _RELEVANT for name, st in statuses if name not in _NOT_FINDINGS):
+        for m in _OTHER_FINDINGS.finditer(clause):
+            status = _status(clause[: m.start()], clause[m.end() :], clause)
+            if status in _RELEVANT:
+                statuses.append((OTHER_FINDING, status))
+                break
     return tuple(statuses), tuple(sides)
 
 
@@ -655,6 +664,7 @@ def _bounded(clause: str):
 
 
 _SIDED = frozenset(LATERAL_FINDINGS)
+_NOT_FINDINGS = frozenset({"No Finding", "Support Devices"})
 _RELEVANT = (POSITIVE, UNCERTAIN)
 
 
