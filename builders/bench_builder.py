@@ -10,9 +10,17 @@ no pixels: image paths only), then, each in its own subprocess so peak memory is
 * **builder at 1/4 scale**: the same on a quarter of the trajectory files, to show whether peak
   memory grows with the number of rows.
 
-Runs are alternated and repeated; medians are reported. Usage::
+Runs are alternated and repeated; medians are reported.
 
-    python builders/bench_builder.py [--repeats 3] [--out benchmarks/results/builder.json]
+``--full-scale`` adds the measurement at full MIMIC-CXR-JPG scale, paths only: a synthetic metadata of
+377,110 images (228k studies with reports in a zip) of which a partial copy of 24,426 JPGs is on disk
+(placeholder files), with the seven teachers' trajectories for those 24,426 images. ``mimic``
+(``on_error="skip"``: the 352,684 absent images are counted), ``trajectories`` and ``sft`` (default
+policy: the copy holds exactly the images the rows need) are built in one process and with
+``num_proc=2``; wall time and peak RSS of the whole process tree (sampled) are reported side by side.
+Usage::
+
+    python builders/bench_builder.py [--repeats 3] [--full-scale] [--out benchmarks/results/builder.json]
 """
 
 from __future__ import annotations
@@ -29,6 +37,112 @@ import time
 from pathlib import Path
 
 N_IMAGES = 24_426
+FULL_IMAGES = 377_110
+
+
+def _placeholder_jpg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), 128).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def full_scale_copy(root: Path, n_on_disk: int = N_IMAGES, seed: int = 0) -> tuple[str, str, str, int]:
+    """The full-scale world's JPG root, DICOM root, and a trajectory folder for ``n_on_disk`` images
+    (drawn at random, as a user's subset is), whose JPGs are written as placeholders."""
+    import numpy as np
+
+    from cxr_max.synthetic import load_truth, simulate_trajectories
+    from cxr_max.synthetic.build import study_dir
+
+    traj = root / f"trajectories-{n_on_disk}"
+    done = traj / ".complete"
+    if not done.exists():
+        truth = load_truth(root)
+        ids = sorted(truth)
+        pick = np.random.default_rng(seed).choice(len(ids), size=n_on_disk, replace=False)
+        subset = {ids[i]: truth[ids[i]] for i in sorted(pick)}
+        data = _placeholder_jpg()
+        for t in subset.values():
+            p = root / "mimic-cxr-jpg" / study_dir(t.subject_id, t.study_id) / f"{t.dicom_id}.jpg"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+        simulate_trajectories(root, out_dir=traj, truth=subset, seed=seed)
+        done.write_text("ok")
+    n_traj = sum(1 for f in traj.rglob("*.jsonl") for _ in open(f, "rb"))
+    return str(root / "mimic-cxr-jpg"), str(root / "mimic-cxr"), str(traj), n_traj
+
+
+def run_config(config: str, jpg_root: str, dicom_root: str, traj: str, cache: str, num_proc: str) -> int:
+    import cxr_max
+
+    kw = {"data_dir": jpg_root, "images": "path", "cache_dir": cache, "num_proc": int(num_proc) or None}
+    if config == "mimic":
+        kw.update(dicom_dir=dicom_root, on_error="skip")  # a partial copy: the absent images are counted, not fatal
+    else:
+        kw.update(trajectories=traj)
+    ds = cxr_max.load_dataset(config, **kw)
+    return sum(d.num_rows for d in ds.values())
+
+
+def _tree_child(kind: str, args: list[str]) -> dict:
+    """Like :func:`_child`, but peak memory is the sampled RSS of the whole process tree (workers included)."""
+    import psutil
+
+    code = (
+        "import sys, time, json; sys.path.insert(0, %r); import bench_builder as b; "
+        "t=time.perf_counter(); r=getattr(b, %r)(*%r); dt=time.perf_counter()-t; "
+        "print(json.dumps({'seconds': dt, 'rows': r}))"
+    ) % (str(Path(__file__).parent), f"run_{kind}", args)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ps = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
+        except psutil.Error:
+            rss = 0
+        peak = max(peak, rss)
+        time.sleep(0.2)
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"{kind} {args} failed:\n{err[-3000:]}")
+    res = json.loads(out.strip().splitlines()[-1])
+    res["peak_mb"] = peak / 2**20
+    return res
+
+
+def full_scale(out: dict) -> None:
+    from cxr_max.synthetic import ensure_synthetic
+
+    t0 = time.perf_counter()
+    root = Path(ensure_synthetic(n_images=FULL_IMAGES, pixels="none", teachers=False))
+    jpg_root, dicom_root, traj, n_traj = full_scale_copy(root)
+    print(f"full-scale root {root}: {FULL_IMAGES} images in the metadata, {N_IMAGES} on disk, {n_traj} trajectories "
+          f"({time.perf_counter() - t0:.0f} s to make or find)")
+    runs = {}
+    for config in ("mimic", "trajectories", "sft"):
+        for num_proc in ("0", "2"):
+            tmp = tempfile.mkdtemp(prefix="cxr_bench_full_")
+            try:
+                res = _tree_child("config", [config, jpg_root, dicom_root, traj, tmp, num_proc])
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            name = f"{config}/{'num_proc=2' if num_proc == '2' else 'single'}"
+            runs[name] = res
+            print(f"  {name:24s} {res['seconds']:7.1f} s  peak {res['peak_mb']:7.0f} MB  rows {res['rows']}")
+    out["full_scale"] = {
+        "images_in_metadata": FULL_IMAGES, "images_on_disk": N_IMAGES, "trajectories": n_traj,
+        "runs": runs,
+        "num_proc2_over_single": {c: runs[f"{c}/num_proc=2"]["seconds"] / runs[f"{c}/single"]["seconds"]
+                                  for c in ("mimic", "trajectories", "sft")},
+        "cpu_count": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def run_floor(jpg_root: str, traj_dir: str, out_dir: str) -> None:
@@ -89,7 +203,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--n-images", type=int, default=N_IMAGES)
     ap.add_argument("--out", default="benchmarks/results/builder.json")
+    ap.add_argument("--full-scale", action="store_true", help="also measure at full MIMIC-CXR-JPG scale (see above)")
+    ap.add_argument("--only-full-scale", action="store_true", help="only the full-scale measurement")
     args = ap.parse_args()
+    previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    if args.only_full_scale:
+        full_scale(previous)
+        Path(args.out).write_text(json.dumps(previous, indent=2))
+        print(f"written {args.out}")
+        return
 
     from cxr_max.synthetic import ensure_synthetic
 
@@ -135,6 +257,10 @@ def main() -> None:
         "runs": runs,
         "cpu_count": os.cpu_count(),
     }
+    if args.full_scale:
+        full_scale(result)
+    elif "full_scale" in previous:  # kept from the last --full-scale run (it has its own measured_at)
+        result["full_scale"] = previous["full_scale"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(

@@ -27,13 +27,31 @@ def synth(
     teachers: bool = typer.Option(True, "--teachers/--no-teachers", help="Also write the simulated teachers' trajectories."),
     samples: int = typer.Option(1, "--samples", help="Trajectories per image and teacher (sampling variability)."),
     shifted_test: bool = typer.Option(False, "--shifted-test", help="Render the whole test split in the shifted domain."),
+    image_shape: Optional[str] = typer.Option(None, "--image-shape", help="ROWSxCOLUMNS of every image, e.g. 320x256."),
+    jpg_style: str = typer.Option("plain", "--jpg-style", help="plain, or physionet (min-max, MONOCHROME1 inverted, "
+                                  "histogram equalisation, quality 95)."),
+    broken: Optional[str] = typer.Option(None, "--broken", help="Damage JPGs on purpose, e.g. missing=3,truncated=2,empty=1."),
 ) -> None:
     """Build (once) the synthetic MIMIC-CXR in PhysioNet's layout and print its root."""
     from cxr_max.synthetic import ensure_synthetic
 
+    shape = None
+    if image_shape:
+        try:
+            rows, cols = (int(x) for x in image_shape.lower().split("x"))
+        except ValueError:
+            raise typer.BadParameter(f"--image-shape must be ROWSxCOLUMNS, e.g. 320x256, not {image_shape!r}") from None
+        shape = (rows, cols)
+    damaged = None
+    if broken:
+        try:
+            damaged = {k.strip(): int(v) for k, v in (item.split("=") for item in broken.split(","))}
+        except ValueError:
+            raise typer.BadParameter(f"--broken must look like missing=3,truncated=2, not {broken!r}") from None
     t0 = time.perf_counter()
     root = ensure_synthetic(out, seed=seed, n_patients=n_patients, n_images=n_images, pixels=pixels.value,
-                            teachers=teachers, samples=samples, shifted_test=shifted_test)
+                            teachers=teachers, samples=samples, shifted_test=shifted_test, image_shape=shape,
+                            jpg_style=jpg_style, broken=damaged)
     typer.echo(f"synthetic MIMIC-CXR ready at {root} ({time.perf_counter() - t0:.1f} s)")
 
 

@@ -83,3 +83,23 @@ def test_validate_reports_each_real_copy_problem_with_a_count_and_an_example(tmp
         assert check in text, check
     assert str(path(cut))[-30:] in out.output.replace("\n", "") and "mimic-cxr-reports.tar.gz" in text
     assert "reports read from the tar" in text
+
+
+def test_synth_with_real_copy_options(tmp_path):
+    import json
+
+    from PIL import Image
+
+    out = runner.invoke(app, ["synth", "--out", str(tmp_path / "w"), "--n-patients", "4", "--pixels", "tiny",
+                              "--no-teachers", "--image-shape", "40x32", "--jpg-style", "physionet",
+                              "--broken", "missing=1,empty=1"])
+    assert out.exit_code == 0, out.output
+    broken = json.loads((tmp_path / "w" / "broken_files.json").read_text())
+    assert len(broken["missing"]) == 1 and len(broken["empty"]) == 1
+    jpgs = [p for p in (tmp_path / "w" / "mimic-cxr-jpg").rglob("*.jpg") if p.stat().st_size]
+    with Image.open(jpgs[0]) as im:
+        assert im.size == (32, 40)  # (columns, rows): non-square
+        hist = im.histogram()
+    assert sum(1 for h in hist if h) > 20  # equalised: the grey levels are spread
+    bad = runner.invoke(app, ["synth", "--out", str(tmp_path / "x"), "--broken", "gone=1", "--pixels", "tiny"])
+    assert bad.exit_code != 0

@@ -360,14 +360,34 @@ def test_quirks_leave_the_frontal_images_and_truth_alone():
 def test_identifiers_stay_valid_at_mimic_scale():
     from cxr_max.synthetic.world import _study_id, _subject_id
 
-    subjects = [_subject_id(i, r) for i in range(0, 90_000, 7) for r in (0, 996)]
+    subjects = [_subject_id(i, r) for i in range(0, 120_000, 7) for r in (0, 996)]
     assert all(re.fullmatch(r"1\d{7}", s) for s in subjects)
-    assert len(set(_subject_id(i, 500) for i in range(90_000))) == 90_000
-    studies = [_study_id(i, k, r) for i in list(range(0, 90_000, 997)) + [19_999, 20_000, 89_999]
+    assert len(set(_subject_id(i, 500) for i in range(120_000))) == 120_000
+    studies = [_study_id(i, k, r) for i in list(range(0, 120_000, 997)) + [19_999, 20_000, 119_999]
                for k in range(7) for r in (0, 59)]
     assert all(re.fullmatch(r"5\d{7}", s) for s in studies)
     # every (patient, study slot) gets its own id, across the two schemes
-    ids = [_study_id(i, k, 59) for i in (0, 1, 19_999, 20_000, 39_999, 40_000, 60_000, 80_000, 89_999) for k in range(7)]
+    ids = [_study_id(i, k, 59) for i in (0, 1, 19_999, 20_000, 39_999, 40_000, 60_000, 80_000, 100_000, 119_999)
+           for k in range(7)]
     assert len(set(ids)) == len(ids)
-    p = __import__("cxr_max.synthetic.world", fromlist=["make_patient"]).make_patient(65_000, 0)
+    p = __import__("cxr_max.synthetic.world", fromlist=["make_patient"]).make_patient(111_000, 0)
     assert re.fullmatch(r"1\d{7}", p.subject_id) and all(re.fullmatch(r"5\d{7}", s.study_id) for s in p.studies)
+
+
+def test_physionet_style_jpgs_and_non_square_images(tmp_path):
+    """jpg_style="physionet": from the 12-bit DICOM, min-max, MONOCHROME1 inverted, equalised, quality 95."""
+    plain = ensure_synthetic(tmp_path / "plain", seed=7, n_patients=4, pixels="tiny", teachers=False, image_shape=(40, 32))
+    phys = ensure_synthetic(tmp_path / "phys", seed=7, n_patients=4, pixels="tiny", teachers=False, image_shape=(40, 32),
+                            jpg_style="physionet")
+    seen = set()
+    for t in load_truth(plain).values():
+        rel = f"{study_dir(t.subject_id, t.study_id)}/{t.dicom_id}"
+        a = np.asarray(Image.open(plain / "mimic-cxr-jpg" / f"{rel}.jpg"), dtype=np.float64)
+        b = np.asarray(Image.open(phys / "mimic-cxr-jpg" / f"{rel}.jpg"), dtype=np.float64)
+        assert a.shape == b.shape == (40, 32)
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.6  # same orientation: bone bright after inversion
+        assert abs(b.mean() - 127.5) < 25 and b.min() < 20 and b.max() > 235  # equalised to the full range
+        seen.add(str(pydicom.dcmread(phys / "mimic-cxr" / f"{rel}.dcm").PhotometricInterpretation))
+    assert seen == {"MONOCHROME1", "MONOCHROME2"}
+    _, meta = _gz_rows(phys / "mimic-cxr-jpg" / "mimic-cxr-2.0.0-metadata.csv.gz")
+    assert {(m["Rows"], m["Columns"]) for m in meta} == {("40", "32")}

@@ -52,7 +52,7 @@ _PROCESSES: tuple[tuple[str, float, bool], ...] = (
 _SPLITS = (("train", 0.7), ("validate", 0.8), ("test", 1.0))
 _STUDIES_P = np.array([0.35, 0.25, 0.17, 0.11, 0.07, 0.05])  # 1..6 studies per patient
 _EPOCH = dt.date(2110, 1, 1)
-_MAX_PATIENTS = 90_000  # keeps the id arithmetic inside PhysioNet's 8-digit ranges
+_MAX_PATIENTS = 120_000  # keeps the id arithmetic inside PhysioNet's 8-digit ranges (full MIMIC scale: ~111k)
 
 # Quirks of real copies, drawn from a generator of their own (seed, 271828, patient index), so they never
 # change what the main generator draws: the frontal images, their truth and the teachers stay the same.
@@ -156,21 +156,21 @@ def _dicom_id(rng: np.random.Generator) -> str:
 
 def _subject_id(index: int, r: int) -> str:
     """PhysioNet's subject range is 10,000,000-19,999,999: blocks of 997 for the first 9,000 patients, then
-    blocks of 12 up to the 90,000th (MIMIC-CXR has 65,379 patients)."""
+    blocks of 8 up to the 120,000th (MIMIC-CXR has 65,379 patients with more studies each)."""
     if index < 9_000:
         return str(10_000_000 + index * 997 + r)
-    return str(18_973_000 + (index - 9_000) * 12 + r % 12)
+    return str(18_973_000 + (index - 9_000) * 8 + r % 8)
 
 
 def _study_id(index: int, k: int, r: int) -> str:
     """PhysioNet's study range is 50,000,000-59,999,999. Patient ``index`` < 20,000 owns a block of 499 ids
     (offsets 0-359 for its 6 studies, 360-379 for an added lateral-only study); later patients share the
-    blocks' offsets 380-498 (29 each, 4 per block), so ids stay valid up to 90,000 patients."""
+    blocks' offsets 380-484 (21 each, 5 per block), so ids stay valid up to 120,000 patients."""
     if index < 20_000:
         offset = k * 60 + r if k < 6 else 360 + r % 20
         return str(50_000_000 + index * 499 + offset)
     j = index - 20_000
-    return str(50_000_000 + (j % 20_000) * 499 + 380 + (j // 20_000) * 29 + min(k, 6) * 4 + r % 4)
+    return str(50_000_000 + (j % 20_000) * 499 + 380 + (j // 20_000) * 21 + min(k, 6) * 3 + r % 3)
 
 
 def make_patient(index: int, seed: int, *, shift_rate: float = 0.15, shifted_test: bool = False,
