@@ -191,6 +191,8 @@ class APOTrainer(DPOTrainer):
 
     _tag_names = ["trl", "apo", "cxr_max"]
     _name = "APO"
+    # compute_loss returns the mean over the micro-batch's prompts: Trainer divides it by the accumulation steps
+    loss_is_scaled_for_ga = False
 
     def __init__(self, model, ref_model=None, args: APOConfig | None = None, data_collator=None,
                  train_dataset=None, eval_dataset=None, processing_class=None, **kwargs):
