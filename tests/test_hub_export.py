@@ -295,3 +295,42 @@ def test_plain_datasets_loads_the_export_without_cxr_max(tmp_path):
     assert out["first"].startswith("<think>Blunting") and out["label"] == 1.0
     assert "report" not in out["columns"] and out["mimic_columns"] == ["subject_id", "dicom_id", "view_position"]
     assert out["cxr_max_loaded"] is False
+
+
+def test_embedding_pixels_writes_to_disk_not_memory(tmp_path):
+    """With --include-pixels a real copy is ~0.5 TB: the embedded table goes to a cache file, in small batches."""
+    from cxr_max.hub.export import _embed
+
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"{i}.jpg"
+        p.write_bytes(JPEG)
+        paths.append(str(p))
+    ds = datasets.Dataset.from_dict({"image": paths}, features=datasets.Features({"image": datasets.Image()}))
+    ds.save_to_disk(tmp_path / "ds")
+    on_disk = datasets.load_from_disk(str(tmp_path / "ds"))
+    out = _embed(on_disk)
+    assert out.cache_files and all(str(tmp_path / "ds") in f["filename"] for f in out.cache_files)
+    assert out.data.to_pylist()[0]["image"]["bytes"] == JPEG
+
+
+def test_export_of_a_copy_without_reports_warns_and_dicom_dir_fills_them(tmp_path, caplog):
+    import logging
+
+    from fixtures_mimic import make_mimic_tree
+
+    from cxr_max.hub_cli import run_export
+
+    tree = make_mimic_tree(tmp_path / "copy", reports="zip")
+    with caplog.at_level(logging.WARNING, logger="cxr_max"):
+        res = run_export(["mimic"], tmp_path / "a", data_dir=tree.jpg_root, include_reports=True, overwrite=True)
+    assert any("no reports found" in r.message and "--dicom-dir" in r.message for r in caplog.records)
+    assert res.manifest["include_reports"] is True
+    table = pq.read_table(next((tmp_path / "a" / "data" / "mimic").glob("train-*.parquet")))
+    assert set(table["report"].to_pylist()) == {None}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cxr_max"):
+        run_export(["mimic"], tmp_path / "b", data_dir=tree.jpg_root, dicom_dir=tree.dicom_root, include_reports=True)
+    assert not any("no reports found" in r.message for r in caplog.records)
+    table = pq.read_table(next((tmp_path / "b" / "data" / "mimic").glob("train-*.parquet")))
+    assert all(r and "IMPRESSION" in r for r in table["report"].to_pylist())
