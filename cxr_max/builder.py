@@ -71,20 +71,23 @@ class CxrMaxConfig(datasets.BuilderConfig):
     Args:
         data_dir: MIMIC-CXR-JPG root (the folder with ``files/`` and the ``mimic-cxr-2.0.0-*.csv.gz``
             tables). None: the embedded synthetic MIMIC-CXR.
-        dicom_dir: MIMIC-CXR (DICOM) root, for per-study report ``.txt`` files, ``mimic-cxr-reports.zip``
+        dicom_dir: MIMIC-CXR (DICOM) root, for per-study report ``.txt`` files, ``mimic-cxr-reports.zip`` / ``.tar.gz``
             and ``.dcm`` paths. Optional.
         trajectories: file or folder of teacher trajectories (JSONL / parquet, canonical schema).
         preferences: file or folder of compare-stage preference rows (``apo`` config).
         ms_cxr_t: MS-CXR-T CSV file or the folder holding it (``ms_cxr_t`` config).
         images: "decode" (a ``datasets.Image`` feature, decoded lazily on access) or "path" (strings).
-        views: keep only these ViewPosition values; "frontal" means PA and AP. None keeps all.
+        views: keep only these ViewPosition values. "frontal" means PA, AP and their variants
+            (:data:`FRONTAL_VARIANTS`) and, where ViewPosition is empty, images whose
+            ViewCodeSequence_CodeMeaning names a frontal view. None keeps all.
         splits: official splits to build (MIMIC names: train, validate, test).
         teachers / tasks: keep only these teachers / tasks. None keeps all.
         include_refusals: keep refusals. Default: True, except the ``sft`` config (False).
         labels: "chexpert" or "negbio" label table.
         on_error: "raise" (first bad input raises, naming file and row) or "skip" (counted, summarised).
         mapping: {their_field: canonical_field} for trajectory files in another layout.
-        adapter: "ms_swift" for the authors' ms-swift rows.
+        adapter: "ms_swift" for the authors' ms-swift rows (also ShareGPT, alpaca, query/response rows;
+            "sharegpt" / "alpaca" / "query_response" force a layout); see :mod:`cxr_max.trajectories.io`.
         check_images: which images the rows being built join to are checked, by the worker writing
             them (an image no row needs is never looked at, so a partial copy builds): "verify" (not
             empty, a JPEG/PNG signature, the JPEG end-of-image marker, a readable header; catches
