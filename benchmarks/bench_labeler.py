@@ -12,6 +12,12 @@
    to CheXpert labels by :data:`MESH_TO_CHEXPERT` below (tags are positive-only: a label is true when
    a mapped tag is present, false otherwise; No Finding is true when the only tag is "normal").
    Reports tagged only "No Indexing" are left out. Laterality is checked where the tag names a side.
+   In the same run a plain keyword + negation baseline (:func:`baseline_label`) is scored with the
+   labeler, per label with support >= 20 (on all reports), precision/recall/F1 under both uncertainty
+   policies, on the development half (odd report numbers: the only half whose errors may be read while
+   writing rules), the held-out half (even numbers: scored, never read) and all reports. Every label,
+   split and policy where the labeler's F1 is not above the baseline's is listed in
+   ``labeler_loses_or_ties`` (the target is an empty list).
 2. **Synthetic reports** (cxr_max.synthetic): the per-study reports against the world's CheXpert CSV
    (four states: 1 / 0 / -1 / not mentioned), and the simulated teachers' raw completions
    ("<think> ... </think>The disease of this patient is X.") against the labels and laterality each
@@ -19,6 +25,7 @@
 
 Per-label precision/recall of "positive" are printed for two conventions (strict: only 1.0 is
 positive; lenient: uncertain counts as positive), and written to benchmarks/results/labeler.json.
+Set CXR_MAX_CACHE to a folder of your own to build the synthetic part in a private world.
 """
 
 from __future__ import annotations
@@ -162,8 +169,10 @@ def report_number(report_id: str) -> int:
 
 def _scores(preds: list[dict], truth: list[dict], labels, uncertain: str) -> dict[str, dict]:
     res = label_f1(preds, truth, labels=labels, uncertain=uncertain, n_boot=200)
-    return {n: {"support": v["support"], "precision": v["precision"], "recall": v["recall"], "f1": v["f1"]["value"],
-                "f1_ci": [v["f1"]["ci_low"], v["f1"]["ci_high"]]} for n, v in res["per_label"].items()}
+    out = {n: {"support": v["support"], "precision": v["precision"], "recall": v["recall"], "f1": v["f1"]["value"],
+               "f1_ci": [v["f1"]["ci_low"], v["f1"]["ci_high"]]} for n, v in res["per_label"].items()}
+    out["_micro_f1"], out["_macro_f1"] = res["micro_f1"], res["macro_f1"]
+    return out
 
 
 def compare_on(name: str, reports: list[dict], labeler_preds: list[dict], baseline_preds: list[dict],
@@ -180,7 +189,9 @@ def compare_on(name: str, reports: list[dict], labeler_preds: list[dict], baseli
             table.add_row(n, str(l_["support"]), *(f"{b[k]:.3f}" for k in ("precision", "recall", "f1")),
                           *(f"{l_[k]:.3f}" for k in ("precision", "recall", "f1")), "yes" if l_["f1"] > b["f1"] else "NO")
         console.print(table)
-        out[f"uncertain_{policy}"] = {"baseline": base, "labeler": lab,
+        micro = {k: {"baseline": base.pop(f"_{k}"), "labeler": lab.pop(f"_{k}")} for k in ("micro_f1", "macro_f1")}
+        console.print({k: {m: round(v[m]["value"], 3) for m in v} for k, v in micro.items()})
+        out[f"uncertain_{policy}"] = {"baseline": base, "labeler": lab, **micro,
                                       "labeler_beats_baseline": {n: lab[n]["f1"] > base[n]["f1"] for n in labels}}
     return out
 

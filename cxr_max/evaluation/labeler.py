@@ -123,7 +123,7 @@ _SKIP_SECTIONS = frozenset(
         # further request headers and misspellings seen in MIMIC-CXR (as in cxr_max.mimic.reports)
         "patient history", "clinical data", "medical history", "pfi", "reference exam", "comparison exam",
         "comparison film", "comparison study", "comparison studies", "comparision", "comparsion", "comparrison",
-        "comparisions", "idication", "ndication", "reason for the examination", "examinations", "study",
+        "comparisions", "idication", "ndication", "indicaton", "indicatin", "reason for the examination", "examinations", "study",
     }
 )
 _HEADER = re.compile(r"^[ \t]*([A-Z][A-Za-z /&()\-]{1,40}?)[ \t]*:", re.MULTILINE)
