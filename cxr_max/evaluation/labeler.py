@@ -318,11 +318,11 @@ _PRE_NEG = _rx(
 # the mention directly (at most 40 characters, no comma: "pneumothorax is not seen") or across a
 # coordinated list with a plural verb ("consolidation, atelectasis, and blunting have cleared").
 _POST_NEG_VERB = _rx(
-    r"\b(?P<v1>(?:(?:is|are|was|were|has|have|been|be)\s+)*)(?:not|no longer)\s+(?:\w+\s+)?"
+    r"\b(?:(?:(?:is|are|was|were|has|have|been|be)\s+)*)(?:not|no longer)\s+(?:\w+\s+)?"
     r"(?:seen|identified|present|evident|appreciated|visualized|visualised|demonstrated|noted|detected|"
     r"visible|apparent|shown|observed|found|recognized|definitely seen)\b|"
-    r"\b(?P<v2>has|have|had)?\s*(?:\w+\s+)?(?:resolved|cleared|disappeared|been removed|been withdrawn)\b|"
-    r"\b(?P<v3>is|are|was|were)\s+(?:now\s+)?(?:absent|removed|resolved|gone|withdrawn)\b|"
+    r"\b(?:has|have|had)?\s*(?:\w+\s+)?(?:resolved|cleared|disappeared|been removed|been withdrawn)\b|"
+    r"\b(?:is|are|was|were)\s+(?:now\s+)?(?:absent|removed|resolved|gone|withdrawn)\b|"
     r"^\s*(?:removed|resolved|absent)\b|"
     r"\b(?P<v4>is|are|appears?|remains?|seems?|looks?)\s+(?:now\s+|otherwise\s+|again\s+|grossly\s+|essentially\s+|"
     r"overall\s+|stable\s+and\s+)?(?:normal|unremarkable|within\s+(?:the\s+)?(?:normal\s+limits|limits\s+of\s+normal))\b|"
