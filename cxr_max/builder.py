@@ -682,6 +682,15 @@ class CxrMax(datasets.ArrowBasedBuilder):
 
     def _join_images(self, table: pa.Table, split: str | None, *, what: str) -> tuple[pa.Table, pa.Table]:
         """Attach image metadata to rows with a ``dicom_id``; rows whose image is unknown are bad input."""
+        table, pos = self._image_positions(table, what=what)
+        img = self._image_index().take(pos)
+        if split is None:
+            return table, img
+        in_split = pc.equal(img.column("split"), split)
+        return table.filter(in_split), img.filter(in_split)
+
+    def _image_positions(self, table: pa.Table, *, what: str) -> tuple[pa.Table, pa.Array]:
+        """The rows whose dicom_id is in the (filtered) index, and their positions in it."""
         index = self._image_index()
         pos = pc.index_in(table.column("dicom_id"), index.column("dicom_id"))
         known = pc.is_valid(pos)
@@ -697,11 +706,7 @@ class CxrMax(datasets.ArrowBasedBuilder):
                 )
                 handle(err, self.config.on_error, self._skips)
             table, pos = table.filter(known), pos.filter(known)
-        img = index.take(pos)
-        if split is None:
-            return table, img
-        in_split = pc.equal(img.column("split"), split)
-        return table.filter(in_split), img.filter(in_split)
+        return table, pos
 
     # -- trajectories: image-range shards ----------------------------------------------------------
 
@@ -717,8 +722,8 @@ class CxrMax(datasets.ArrowBasedBuilder):
         if not parts:
             return FULL_SCHEMA.empty_table(), self._image_index().schema.empty_table()
         table = pa.concat_tables(parts)
-        img = pa.Table.from_struct_array(table.column("__img").combine_chunks())
-        table = table.drop_columns(["__img"])
+        img = self._image_index().take(table.column("__pos"))
+        table = table.drop_columns(["__pos"])
         table, img = self._select_records(table, img)
         keep = self._check_images(img)
         if not keep.all():
@@ -768,7 +773,7 @@ class CxrMax(datasets.ArrowBasedBuilder):
 
     def _joined_schema(self) -> pa.Schema:
         img = self._image_index().schema
-        return FULL_SCHEMA.append(pa.field("__img", pa.struct(list(img))))
+        return FULL_SCHEMA.append(pa.field("__pos", pa.int32()))
 
     def _parse_and_route(self, path: str, plan: dict[str, list[str]]) -> dict[tuple[str, int], pa.Table]:
         """Read one trajectory file (streamed in batches), join its rows to the images, cut by (split, shard)."""
@@ -780,20 +785,25 @@ class CxrMax(datasets.ArrowBasedBuilder):
                 from cxr_max.trajectories.io import fill_ids_from_metadata
 
                 batch = fill_ids_from_metadata(batch, self._image_index())
-            traj, img = self._join_images(batch, None, what=path)
+            traj, pos = self._image_positions(batch, what=path)
             if not traj.num_rows:
                 continue
-            joined = traj.append_column("__img", pa.StructArray.from_arrays(
-                [c.combine_chunks() for c in img.columns], names=img.column_names))
-            splits = img.column("split").to_numpy(zero_copy_only=False).astype(str)
-            dicom = img.column("dicom_id").to_numpy(zero_copy_only=False).astype(str)
+            # Route by position: only the index's split column is looked at (the image rows are re-joined
+            # from the memory-mapped index by the shard that uses them).
+            joined = traj.append_column("__pos", pc.cast(pos, pa.int32()))
+            splits = self._image_index().column("split").take(pos)
             for s, bounds in plan.items():
-                in_split = splits == s
-                if not in_split.any():
+                in_split = pc.fill_null(pc.equal(splits, s), False)
+                if not pc.any(in_split).as_py():
                     continue
-                shard_of = np.searchsorted(np.asarray(bounds, dtype=str), dicom, side="right") if bounds else np.zeros(len(dicom), int)
-                for k in np.unique(shard_of[in_split]):
-                    out[(s, int(k))].append(joined.filter(pa.array(in_split & (shard_of == k))))
+                part = joined.filter(in_split)
+                if not bounds:
+                    out[(s, 0)].append(part)
+                    continue
+                dicom = part.column("dicom_id").to_numpy(zero_copy_only=False).astype(str)
+                shard_of = np.searchsorted(np.asarray(bounds, dtype=str), dicom, side="right")
+                for k in np.unique(shard_of):
+                    out[(s, int(k))].append(part.filter(pa.array(shard_of == k)))
         return {key: pa.concat_tables(parts) for key, parts in out.items()}
 
     def _select_records(self, table: pa.Table, img: pa.Table) -> tuple[pa.Table, pa.Table]:

@@ -56,7 +56,8 @@ FOREIGN_SUFFIXES = TRAJECTORY_SUFFIXES + (".json", ".json.gz")
 BOOKKEEPING = ("_file", "_row")
 FULL_SCHEMA = ARROW_SCHEMA.append(pa.field("_file", pa.string())).append(pa.field("_row", pa.int64()))
 ADAPTERS = ("ms_swift", "sharegpt", "alpaca", "query_response")
-BATCH_ROWS = 50_000  # rows per batch when a file is streamed
+BATCH_ROWS = 200_000  # at most this many rows per batch when a file is streamed
+BATCH_BYTES = 64 * 2**20  # and about this many bytes
 
 
 def list_trajectory_files(source: str | Path, *, foreign: bool = False, warn_json: bool = False) -> list[Path]:
@@ -440,20 +441,36 @@ def _json_rows(path: Path, on_error: OnError, skips: SkipLog | None) -> Iterator
         yield i, obj
 
 
-def _line_blocks(path: Path, n: int) -> Iterator[tuple[int, list[bytes]]]:
-    """(first line number, lines) blocks of a JSONL file, read incrementally (gzip transparently)."""
+def _line_blocks(path: Path, n: int, max_bytes: int = BATCH_BYTES) -> Iterator[tuple[int, bytes, int]]:
+    """(first line number, data, number of lines) blocks of a JSONL file: at most ``n`` lines and about
+    ``max_bytes`` bytes each, cut at line ends, read incrementally (gzip transparently)."""
     opener = gzip.open if path.name.endswith(".gz") else open
+    first, rest = 1, b""
     with opener(path, "rb") as f:
-        block, first = [], 1
-        for lineno, line in enumerate(f, start=1):
-            if not block:
-                first = lineno
-            block.append(line)
-            if len(block) >= n:
-                yield first, block
-                block = []
-        if block:
-            yield first, block
+        while True:
+            chunk = f.read(max_bytes)
+            data = rest + chunk
+            if not data:
+                return
+            if chunk:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:  # a line longer than max_bytes: keep reading
+                    rest = data
+                    continue
+                data, rest = data[:cut], data[cut:]
+            else:
+                rest = b""
+            lines = data.count(b"\n") + (not data.endswith(b"\n"))
+            if lines <= n:
+                yield first, data, lines
+            else:
+                parts = data.splitlines(keepends=True)
+                for i in range(0, len(parts), n):
+                    block = parts[i:i + n]
+                    yield first + i, b"".join(block), len(block)
+            first += lines
+            if not chunk:
+                return
 
 
 def _fast_canonical(data: bytes) -> pa.Table | None:
@@ -464,7 +481,11 @@ def _fast_canonical(data: bytes) -> pa.Table | None:
         table = table.select(list(FIELDS)).cast(ARROW_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
-    if _fast_valid(table) and table.num_rows == sum(1 for ln in data.splitlines() if ln.strip()):
+    if b"\n\n" not in data and not data.startswith(b"\n"):  # no blank lines: count them in C
+        lines = data.count(b"\n") + (not data.endswith(b"\n"))
+    else:
+        lines = sum(1 for ln in data.splitlines() if ln.strip())
+    if table.num_rows == lines and _fast_valid(table):
         return _fill_defaults(table)
     return None
 
@@ -552,15 +573,17 @@ def iter_trajectory_batches(
             for start in range(0, max(len(rows), 1), batch_rows):
                 yield finish(rows[start:start + batch_rows])
             return
-        for first, lines in _line_blocks(path, batch_rows):
-            data = b"".join(lines)
+        for first, data, n_lines in _line_blocks(path, batch_rows):
             if not foreign:
                 table = _fast_canonical(data)
                 if table is not None:
-                    nonblank = np.array([first + i for i, ln in enumerate(lines) if ln.strip()], dtype=np.int64)
-                    yield _with_bookkeeping(table, path, nonblank)
+                    if table.num_rows == n_lines:  # no blank lines: the rows are the lines
+                        rows = np.arange(first, first + n_lines, dtype=np.int64)
+                    else:
+                        rows = np.array([first + i for i, ln in enumerate(data.splitlines()) if ln.strip()], dtype=np.int64)
+                    yield _with_bookkeeping(table, path, rows)
                     continue
-            yield finish(_iter_json_lines(path, lines, on_error, skips, first=first))
+            yield finish(_iter_json_lines(path, data, on_error, skips, first=first))
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
         handle(DataError(f"unreadable file ({e})", path=path), on_error, skips)
 
