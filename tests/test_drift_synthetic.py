@@ -14,7 +14,7 @@ from cxr_max.drift.compare import run_compare  # noqa: E402
 from cxr_max.drift.findings import build_panel  # noqa: E402
 from cxr_max.drift.io import read_trajectories, stream_positions  # noqa: E402
 
-N_IMAGES = 3000
+N_IMAGES = 6000
 TOL = 0.05  # stream-position tolerance for a recovered change point
 
 

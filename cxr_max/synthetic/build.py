@@ -49,7 +49,7 @@ DEFAULT_N_PATIENTS = 160  # about 380 frontal / 490 images; builds in ~10-20 s o
 DEFAULT_IMAGE_SIZE = 256
 TINY_IMAGE_SIZE = 32
 PIXELS = ("full", "tiny", "none")
-FORMAT_VERSION = "v2"  # v2: the quirks of real copies (views, reports, label rows, StudyTime, MS-CXR-T ids)
+FORMAT_VERSION = "v3"  # v2: the quirks of real copies (views, reports, label rows, StudyTime, MS-CXR-T ids); v3: renderer (larger findings)
 
 METADATA_COLUMNS = (
     "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns",
@@ -82,7 +82,7 @@ def synthetic_name(seed: int = 0, n_patients: int = DEFAULT_N_PATIENTS, pixels: 
                    n_images: int | None = None, image_size: int | None = None, shifted_test: bool = False,
                    shift_rate: float = 0.15, image_shape: tuple[int, int] | None = None, jpg_style: str = "plain",
                    broken: dict[str, int] | None = None) -> str:
-    """The cache folder name, e.g. ``synthetic-v2-seed0-n160-full`` (extra options add suffixes)."""
+    """The cache folder name, e.g. ``synthetic-v3-seed0-n160-full`` (extra options add suffixes)."""
     size = f"i{n_images}" if n_images is not None else f"n{n_patients}"
     name = f"synthetic-{FORMAT_VERSION}-seed{seed}-{size}-{pixels}"
     if image_size is not None and pixels != "none" and image_size != _default_size(pixels):
@@ -381,7 +381,7 @@ def ensure_synthetic(root: str | Path | None = None, *, seed: int = 0, n_patient
                      broken: dict[str, int] | None = None) -> Path:
     """Build the synthetic MIMIC-CXR once and return its root (see the module docstring for the layout).
 
-    root: folder to build in; default ``$CXR_MAX_CACHE/synthetic-v2-seed{seed}-n{n_patients}-{pixels}``.
+    root: folder to build in; default ``$CXR_MAX_CACHE/synthetic-v3-seed{seed}-n{n_patients}-{pixels}``.
     pixels: "full" (``image_size`` default 256), "tiny" (default 32) or "none" (tables, reports, truth and
         trajectories only; for CXR-MAX-scale benchmarks).
     teachers: also write the seven simulated teachers' trajectories (``tasks`` x ``samples`` per image).

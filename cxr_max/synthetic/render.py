@@ -77,19 +77,25 @@ def _frontal(sev: dict[str, float], anatomy: dict[str, float], view: str, rng: n
             continue
         m, cx, cy, rx, ry = lungs[side]
         s = 1.0 if side == "left" else -1.0
-        lateral = (x - cx) * s / rx  # -1 medial .. +1 lateral edge
-        apex = _sig((0.15 - y) / 0.1)
-        width = 0.12 + 0.55 * p
-        rim = _sig((lateral - (1 - width)) / 0.03) * apex * m
+        half = rx * np.sqrt(np.clip(1 - ((y - cy) / ry) ** 2, 0.04, 1))  # the lung's half-width on this row
+        lateral = (x - cx) * s / half  # -1 medial .. +1 lateral edge of the lung on this row
+        # The collapsed lung's edge runs parallel to the chest wall from the apex down to the mid zone,
+        # the air gap widest at the apex; beyond it: no lung markings and air density.
+        down = np.clip((y - (cy - ry)) / (1.3 * ry), 0, 1)  # 0 at the apex .. 1 near the base
+        width = (0.3 + 0.9 * p) * (1 - 0.55 * down)
+        edge = 1 - width
+        zone = _sig((0.4 - y) / 0.1) * m
+        rim = _sig((lateral - edge) / 0.04) * zone
         markings *= 1 - rim
-        ptx_dark += rim * (0.05 + 0.08 * p)
-        ptx_line += np.exp(-(((lateral - (1 - width)) / 0.025) ** 2)) * apex * m
+        ptx_dark += rim * (0.08 + 0.1 * p)
+        ptx_line += np.exp(-(((lateral - edge) / 0.05) ** 2)) * zone
+        ptx_dark -= 0.04 * p * (1 - rim) * zone * _sig((lateral - edge + 0.5) / 0.1)  # denser collapsing lung
     img -= lung * 0.3
     img += lung * markings * texture * 0.05
     ribs = 0.5 + 0.5 * np.sin(2 * np.pi * (4.8 * (y + 0.12 * np.abs(x) ** 2) + anatomy["rib_phase"]))
     img += lung * ribs * 0.045
     img -= ptx_dark
-    img += ptx_line * 0.09
+    img += ptx_line * 0.08
     # Mediastinum and spine.
     img += 0.16 * _sig((0.1 - np.abs(x)) / 0.02) * _sig((y + 0.75) / 0.05)
     # Heart.
@@ -116,33 +122,40 @@ def _frontal(sev: dict[str, float], anatomy: dict[str, float], view: str, rng: n
         level = base - (0.06 + 0.55 * e) - 0.1 * e * (lateral + 1) ** 2 / 2
         fluid = _sig((y - level) / 0.025) * _sig((0.34 * lw - np.abs(x - cx)) / 0.03) * body
         img += (0.06 + 0.3 * e) * fluid
-    # Consolidation: patchy textured lobar opacity.
+    # Consolidation: a dense, patchy, well-defined airspace opacity in the mid/lower zone (not at the base,
+    # not touching the chest wall: unlike an effusion it has no meniscus and spares the costophrenic angle).
     for side, s in (("left", 1.0), ("right", -1.0)):
         k = sev[f"consolidation_{side}"]
         if k <= 0:
             continue
         m, cx, cy, rx, ry = lungs[side]
-        bx, by = cx + s * 0.03, 0.18 + 0.05 * anatomy["rib_phase"]
-        r = 0.1 + 0.14 * k
-        blob = np.exp(-(((x - bx) / (r * 1.1)) ** 2 + ((y - by) / r) ** 2))
-        patch = np.clip(0.55 + 0.6 * _smooth_noise(rng, n, 14), 0, 1.3)
-        img += (0.05 + 0.3 * k) * blob * patch * m
+        bx, by = cx + s * 0.02, 0.1 + 0.1 * anatomy["rib_phase"]
+        r = 0.1 + 0.16 * k
+        d = ((x - bx) / (r * 0.95)) ** 2 + ((y - by) / (r * 1.15)) ** 2
+        blob = _sig((1 - d) / 0.25)
+        patch = np.clip(0.7 + 0.45 * _smooth_noise(rng, n, 18), 0.2, 1.3)
+        img += (0.06 + 0.34 * k) * blob * patch * m
     # Edema: bilateral perihilar haze with coarse interstitial texture.
     ed = sev["edema"]
     if ed > 0:
         haze = sum(np.exp(-(((x - s * 0.2) / 0.28) ** 2 + ((y - 0.0) / 0.38) ** 2)) for s in (1.0, -1.0))
         coarse = 0.7 + 0.3 * _smooth_noise(rng, n, 30)
         img += (0.03 + 0.22 * ed) * haze * coarse * lung
-    # Atelectasis: oblique plate-like band at the base.
+    # Atelectasis: a thick oblique plate-like band in the lower zone plus volume loss (the hemidiaphragm
+    # below it is pulled up: a convex dome, unlike an effusion's concave meniscus rising laterally).
     for side, s in (("left", 1.0), ("right", -1.0)):
         a = sev[f"atelectasis_{side}"]
         if a <= 0:
             continue
         m, cx, cy, rx, ry = lungs[side]
-        band_y = 0.32 + 0.12 * (x - cx) * s
-        width = 0.012 + 0.035 * a
-        band = np.exp(-(((y - band_y) / width) ** 2)) * _sig((0.22 - np.abs(x - cx)) / 0.03)
-        img += (0.05 + 0.28 * a) * band * m
+        band_y = 0.3 + 0.14 * (x - cx) * s
+        width = 0.02 + 0.05 * a
+        band = np.exp(-(((y - band_y) / width) ** 2)) * _sig((0.2 - np.abs(x - cx)) / 0.03)
+        img += (0.06 + 0.3 * a) * band * m
+        dome = cy + ry * 0.92 - 0.12 * (1 - ((x - cx) / (0.3 * lw)) ** 2)
+        lift = 0.2 * a
+        raised = _sig((y - (dome - lift)) / 0.025) * (1 - _sig((y - dome) / 0.02))
+        img += 0.2 * raised * _sig((0.3 * lw - np.abs(x - cx)) / 0.03) * m
     # Support devices (radio-opaque, bright, thin).
     n_dev = int(round(sev["support_devices"] * 3))
     w = max(0.008, 1.5 / n)

@@ -4,31 +4,41 @@ A teacher *perceives* each finding's true severity (:class:`~cxr_max.synthetic.w
 with noise: a per-image component (the teacher's consistent impression of that image) plus a smaller
 per-sample component (sampling variability). It calls a finding present above its threshold, hedges just
 below it, and otherwise negates it or leaves it out, so subtle findings near the reporting threshold get
-missed or over-called. Planted behaviours then act on those calls; every one of them is measurable against
-the truth. Behaviour may depend on ``stream_pos`` (the study's place in date order): that is the drift.
+missed or over-called. On top of perception every teacher has its own *misreads* per finding (``miss``:
+a perceived finding is not reported; ``false_positive``: an absent finding is reported, 30 % of them as a
+hedge when the teacher hedges), decided by a coin keyed on (teacher, image, finding), so they are the same
+for every sample of an image and independent of every other teacher. These teacher-specific errors put each
+teacher's balanced accuracy on the six headline findings near what real MLLMs reach on chest X-rays (about
+.70-.87 per finding), while the teachers' consensus stays well above the best of them
+(:func:`teacher_accuracy_table` measures both). Planted behaviours then act on those calls; every one of
+them is measurable against the truth. Behaviour may depend on ``stream_pos`` (the study's place in date
+order): that is the drift.
 
-| teacher | style | profile | planted behaviours |
-|---|---|---|---|
-| sim-sonnet-4 | concise | high precision: states only clear findings, rarely negates; blind to small pneumothorax and mild edema | `high_precision` (threshold +0.15), `blind_spot` Pneumothorax (+0.25) and Edema (+0.2), shared errors A, C |
-| sim-gpt-5-nano | verbose | high recall: over-calls and hedges a lot, negates everything | `high_recall` (threshold -0.12), shared errors A, B |
-| sim-glm-4.5v | balanced | the most accurate: low perception noise | shared errors B, C |
-| sim-gemini-2.5-flash-lite | balanced | **sudden drift**: from stream position 0.5 on it misses 85 % of pleural effusions | `sudden_drift` (Pleural Effusion, start 0.5, rate 0.85), shared errors A, B |
-| sim-moonshot-v1 | concise | refuses 25 % of requests ("As an AI, I cannot provide medical diagnoses"), hallucinates a finding in 20 %, weak on consolidation | `refusal` (0.25), `hallucination` (0.2), `blind_spot` Consolidation (+0.2), shared errors A, C |
-| sim-qwen-vl-max | verbose | **laterality confusion**: swaps left and right on 45 % of sided findings | `laterality_swap` (0.45), shared errors B, C |
-| sim-grok-4 | balanced | **gradual drift**: each core finding's call is flipped with a probability ramping from 0 at stream 0 to 0.35 at stream 1 | `gradual_drift` (max rate 0.35), shared errors A, B, C |
+| teacher | style | profile | misreads (miss / false positive) | planted behaviours |
+|---|---|---|---|---|
+| sim-sonnet-4 | concise | high precision: states only clear findings, rarely negates; blind to small pneumothorax and mild edema | 0.18 (Cardiomegaly 0.12, Pneumothorax 0.05) / 0.005 (Pneumothorax 0) | `high_precision` (threshold +0.15), `blind_spot` Pneumothorax (+0.06) and Edema (+0.05), shared errors A, C |
+| sim-gpt-5-nano | verbose | high recall: over-calls and hedges a lot, negates everything | 0.07 (Pneumothorax 0.2, Atelectasis 0.28) / 0.34 (Pneumothorax 0.08, Atelectasis 0.02) | `high_recall` (threshold -0.12), shared errors A, B |
+| sim-glm-4.5v | balanced | low perception noise, weaker on pneumothorax | 0.26 (Pneumothorax 0.36) / 0.015 (Pneumothorax 0.005) | shared errors B, C |
+| sim-gemini-2.5-flash-lite | balanced | **sudden drift**: from stream position 0.5 on it misses 85 % of pleural effusions | 0.22 (Pleural Effusion 0.1) / 0.015 (Pneumothorax 0.005) | `sudden_drift` (Pleural Effusion, start 0.5, rate 0.85), shared errors A, B |
+| sim-moonshot-v1 | concise | refuses 25 % of requests ("As an AI, I cannot provide medical diagnoses"), hallucinates a finding in 20 %, weak on consolidation | 0.08 (Pneumothorax 0.02) / 0.01 | `refusal` (0.25), `hallucination` (0.2), `blind_spot` Consolidation (+0.15), shared errors A, C |
+| sim-qwen-vl-max | verbose | **laterality confusion**: swaps left and right on 45 % of sided findings | 0.3 (Pneumothorax 0.36) / 0.02 (Pneumothorax 0.005) | `laterality_swap` (0.45), shared errors B, C |
+| sim-grok-4 | balanced | **gradual drift**: each core finding's call is flipped with a probability ramping from 0 at stream 0 to 0.35 at stream 1 | 0.1 (Pneumothorax 0.04) / 0.01 | `gradual_drift` (max rate 0.35), shared errors A, B, C |
 
 Shared errors (a wrong *majority*: five of seven teachers make the same mistake on the same images, decided
 by a coin keyed on the image, not the teacher):
 
-- A: in stream window [0.55, 0.8), true pneumothorax (stated or hedged) is called absent (rate 0.9);
-- B: in stream window [0.15, 0.4), patients with true cardiomegaly and no edema are called edematous (rate 0.8);
-- C: in stream window [0.7, 0.95), images with a true pleural effusion get atelectasis on the same side (rate 0.8).
+- A: in stream window [0.5, 0.68), true pneumothorax (stated or hedged) is called absent (rate 0.85);
+- B: in stream window [0.2, 0.4), patients with true cardiomegaly and no edema are called edematous (rate 0.8);
+- C: in stream window [0.72, 0.92), images with a true pleural effusion get atelectasis on the same side (rate 0.8).
+
+The windows are narrow enough that the consensus still beats every teacher on every finding over the whole
+stream, and wide enough that the drift report finds them on the two honest teachers of each.
 
 All teachers also read an AP (portable) heart as larger (+0.08 perceived cardiomegaly): the AP magnification
 that real readers correct for. For the ``explain`` task the true diagnoses are in the prompt: teachers do not
-miss them, but still refuse, swap sides, hallucinate and make the shared false positives. Positive and
-negative statements are written so that a rule-based CheXpert-style labeler (mentions + negation +
-uncertainty cues) reads back exactly :meth:`SimulatedTeacher.claims`.
+miss them (no misreads), but still refuse, swap sides, hallucinate and make the shared false positives.
+Positive and negative statements are written so that a rule-based CheXpert-style labeler (mentions +
+negation + uncertainty cues) reads back exactly :meth:`SimulatedTeacher.claims`.
 """
 
 from __future__ import annotations
@@ -36,9 +46,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from cxr_max.labels import CHEXPERT_LABELS, LATERAL_FINDINGS
+from cxr_max.labels import CHEXPERT_LABELS, LATERAL_FINDINGS, label_key
 from cxr_max.synthetic.world import FINDING_KEYS, POSITIVE_AT, ImageTruth
 from cxr_max.trajectories.prompts import answer_sentence
 
@@ -52,7 +63,11 @@ CORE: dict[str, tuple[str, ...]] = {
     "Pneumothorax": ("pneumothorax_left", "pneumothorax_right"),
     "Support Devices": ("support_devices",),
 }
+_READ = tuple(f for f in CORE if f != "Support Devices")  # findings with teacher-specific misreads
 _NO_FINDING_EXCLUDES = ("No Finding", "Support Devices")
+# The paper's six headline findings (the order of its tables).
+HEADLINE_FINDINGS: tuple[str, ...] = ("Consolidation", "Pleural Effusion", "Pneumothorax", "Edema", "Cardiomegaly",
+                                      "Atelectasis")
 _TASKS = ("diagnose", "explain", "report")
 
 
@@ -62,13 +77,13 @@ def stable_hash(*parts: object) -> int:
 
 
 SHARED_ERRORS: tuple[dict[str, Any], ...] = (
-    {"kind": "shared_error", "id": "A", "finding": "Pneumothorax", "effect": "miss", "window": (0.55, 0.8),
-     "rate": 0.9, "condition": None,
+    {"kind": "shared_error", "id": "A", "finding": "Pneumothorax", "effect": "miss", "window": (0.5, 0.68),
+     "rate": 0.85, "condition": None,
      "teachers": ("sim-sonnet-4", "sim-gpt-5-nano", "sim-gemini-2.5-flash-lite", "sim-moonshot-v1", "sim-grok-4")},
-    {"kind": "shared_error", "id": "B", "finding": "Edema", "effect": "false_positive", "window": (0.15, 0.4),
+    {"kind": "shared_error", "id": "B", "finding": "Edema", "effect": "false_positive", "window": (0.2, 0.4),
      "rate": 0.8, "condition": "Cardiomegaly",
      "teachers": ("sim-gpt-5-nano", "sim-glm-4.5v", "sim-gemini-2.5-flash-lite", "sim-qwen-vl-max", "sim-grok-4")},
-    {"kind": "shared_error", "id": "C", "finding": "Atelectasis", "effect": "false_positive", "window": (0.7, 0.95),
+    {"kind": "shared_error", "id": "C", "finding": "Atelectasis", "effect": "false_positive", "window": (0.72, 0.92),
      "rate": 0.8, "condition": "Pleural Effusion",
      "teachers": ("sim-sonnet-4", "sim-glm-4.5v", "sim-moonshot-v1", "sim-qwen-vl-max", "sim-grok-4")},
 )
@@ -117,6 +132,10 @@ class SimulatedTeacher:
     negate: float = 0.7  # probability of stating a negative finding explicitly
     pneumonia: float = 0.4  # probability of calling consolidation pneumonia
     planted: list[dict] = dataclasses.field(default_factory=list)
+    # Teacher-specific reading errors, per core finding (independent of every other teacher): the chance
+    # that a finding it perceives is missed on an image, and that an absent one is called on an image.
+    miss: dict[str, float] = dataclasses.field(default_factory=dict)
+    false_positive: dict[str, float] = dataclasses.field(default_factory=dict)
 
     # -- decisions -------------------------------------------------------------------------------------
     def _planted(self, kind: str) -> list[dict]:
@@ -136,6 +155,7 @@ class SimulatedTeacher:
         pos = truth.stream_pos
         shifts = {p["finding"]: p["threshold_shift"] for p in self._planted("blind_spot")}
         perceived: dict[str, float] = {}
+        perceived_of: dict[str, float] = {}
         for finding, keys in CORE.items():
             vals = {}
             for k in keys:
@@ -145,6 +165,7 @@ class SimulatedTeacher:
                 if k == "support_devices":
                     v = truth.severity[k]  # devices are unmistakable
                 vals[k] = v
+                perceived_of[k] = v
             t = self.threshold + shifts.get(finding, 0.0)
             best = max(vals.values())
             perceived[finding] = best
@@ -179,7 +200,30 @@ class SimulatedTeacher:
             if finding in LATERAL_FINDINGS:
                 lat[finding] = None
 
+        def _forget(finding: str) -> None:
+            labels[finding] = None
+            if finding in LATERAL_FINDINGS:
+                lat[finding] = None
+
         if task != "explain":
+            # Teacher-specific misreads: a coin per (teacher, image, finding), the same for every sample.
+            for finding in _READ:
+                u = random.Random(stable_hash(seed, self.name, truth.dicom_id, finding, "misread")).random()
+                if labels[finding] in (1.0, -1.0):
+                    if u < self.miss.get(finding, 0.0):
+                        if r.random() < self.negate:
+                            set_negative(finding)
+                        else:
+                            _forget(finding)
+                elif u < self.false_positive.get(finding, 0.0):
+                    keys = CORE[finding]
+                    side = max(keys, key=perceived_of.__getitem__).rsplit("_", 1)[1] if len(keys) == 2 else None
+                    if self.hedge > 0 and u < 0.3 * self.false_positive[finding]:
+                        labels[finding] = -1.0
+                        if finding in LATERAL_FINDINGS:
+                            lat[finding] = side
+                    else:
+                        set_positive(finding, side)
             for p in self._planted("sudden_drift"):
                 if pos >= p["start"] and labels[p["finding"]] in (1.0, -1.0) and r.random() < p["rate"]:
                     set_negative(p["finding"])
@@ -400,50 +444,66 @@ def compose_parts(teacher: SimulatedTeacher, truth: ImageTruth, call: _Call, tas
     return reasoning, answer, f"<think> {reasoning} </think>{answer}"
 
 
+def _rates(base: float, **per_finding: float) -> dict[str, float]:
+    """A per-finding rate dict: ``base`` for every read finding, keyword overrides by label key."""
+    names = {label_key(f): f for f in _READ}
+    out = {f: base for f in _READ}
+    for key, v in per_finding.items():
+        out[names[key]] = v
+    return out
+
+
 def _teachers() -> dict[str, SimulatedTeacher]:
     def shared(name: str) -> list[dict]:
         return [dict(e) for e in SHARED_ERRORS if name in e["teachers"]]
 
     ts = [
         SimulatedTeacher(
-            "sim-sonnet-4", "claude-sonnet-4-20250514+sim1",
+            "sim-sonnet-4", "claude-sonnet-4-20250514+sim2",
             "concise, high precision: states only clear findings and rarely negates; misses small pneumothorax and mild edema",
-            style="concise", noise=0.06, threshold=POSITIVE_AT + 0.15, hedge=0.0, negate=0.35, pneumonia=0.2,
+            style="concise", noise=0.05, threshold=POSITIVE_AT + 0.15, hedge=0.0, negate=0.35, pneumonia=0.2,
+            miss=_rates(0.18, cardiomegaly=0.12, pneumothorax=0.05), false_positive=_rates(0.005, pneumothorax=0.0),
             planted=[{"kind": "high_precision", "threshold_shift": 0.15},
-                     {"kind": "blind_spot", "finding": "Pneumothorax", "threshold_shift": 0.25},
-                     {"kind": "blind_spot", "finding": "Edema", "threshold_shift": 0.2}] + shared("sim-sonnet-4")),
+                     {"kind": "blind_spot", "finding": "Pneumothorax", "threshold_shift": 0.06},
+                     {"kind": "blind_spot", "finding": "Edema", "threshold_shift": 0.05}] + shared("sim-sonnet-4")),
         SimulatedTeacher(
-            "sim-gpt-5-nano", "gpt-5-nano-2025-08-07+sim1",
+            "sim-gpt-5-nano", "gpt-5-nano-2025-08-07+sim2",
             "verbose, high recall: over-calls and hedges, negates everything",
-            style="verbose", noise=0.08, threshold=POSITIVE_AT - 0.12, hedge=0.1, negate=0.95, pneumonia=0.7,
+            style="verbose", noise=0.06, threshold=POSITIVE_AT - 0.12, hedge=0.1, negate=0.95, pneumonia=0.7,
+            miss=_rates(0.07, pneumothorax=0.2, atelectasis=0.28), false_positive=_rates(0.34, pneumothorax=0.08, atelectasis=0.02),
             planted=[{"kind": "high_recall", "threshold_shift": -0.12}] + shared("sim-gpt-5-nano")),
         SimulatedTeacher(
-            "sim-glm-4.5v", "glm-4.5v+sim1", "balanced and the most accurate: low perception noise",
+            "sim-glm-4.5v", "glm-4.5v+sim2", "balanced and the most accurate overall, weaker on pneumothorax",
             style="balanced", noise=0.04, threshold=POSITIVE_AT, hedge=0.05, negate=0.8, pneumonia=0.5,
+            miss=_rates(0.26, pneumothorax=0.36), false_positive=_rates(0.015, pneumothorax=0.005),
             planted=shared("sim-glm-4.5v")),
         SimulatedTeacher(
-            "sim-gemini-2.5-flash-lite", "gemini-2.5-flash-lite+sim1",
+            "sim-gemini-2.5-flash-lite", "gemini-2.5-flash-lite+sim2",
             "balanced; sudden drift: from stream position 0.5 it misses most pleural effusions",
-            style="balanced", noise=0.07, threshold=POSITIVE_AT, hedge=0.05, negate=0.7, pneumonia=0.4,
+            style="balanced", noise=0.05, threshold=POSITIVE_AT, hedge=0.05, negate=0.7, pneumonia=0.4,
+            miss=_rates(0.22, pleural_effusion=0.1), false_positive=_rates(0.015, pneumothorax=0.005),
             planted=[{"kind": "sudden_drift", "finding": "Pleural Effusion", "start": 0.5, "effect": "miss",
                       "rate": 0.85}] + shared("sim-gemini-2.5-flash-lite")),
         SimulatedTeacher(
-            "sim-moonshot-v1", "moonshot-v1-128k-vision-preview+sim1",
+            "sim-moonshot-v1", "moonshot-v1-128k-vision-preview+sim2",
             "concise; refuses a quarter of requests, hallucinates findings, weak on consolidation",
-            style="concise", noise=0.1, threshold=POSITIVE_AT, hedge=0.0, negate=0.5, pneumonia=0.3,
+            style="concise", noise=0.06, threshold=POSITIVE_AT, hedge=0.0, negate=0.5, pneumonia=0.3,
+            miss=_rates(0.08, pneumothorax=0.02), false_positive=_rates(0.01),
             planted=[{"kind": "refusal", "rate": 0.25},
                      {"kind": "hallucination", "rate": 0.2,
                       "findings": ["Consolidation", "Pneumothorax", "Atelectasis", "Lung Lesion", "Fracture"]},
-                     {"kind": "blind_spot", "finding": "Consolidation", "threshold_shift": 0.2}] + shared("sim-moonshot-v1")),
+                     {"kind": "blind_spot", "finding": "Consolidation", "threshold_shift": 0.15}] + shared("sim-moonshot-v1")),
         SimulatedTeacher(
-            "sim-qwen-vl-max", "qwen-vl-max-2025-08-13+sim1",
+            "sim-qwen-vl-max", "qwen-vl-max-2025-08-13+sim2",
             "verbose; laterality confusion: swaps left and right on 45% of sided findings",
-            style="verbose", noise=0.06, threshold=POSITIVE_AT - 0.03, hedge=0.06, negate=0.85, pneumonia=0.5,
+            style="verbose", noise=0.05, threshold=POSITIVE_AT - 0.03, hedge=0.06, negate=0.85, pneumonia=0.5,
+            miss=_rates(0.3, pneumothorax=0.36), false_positive=_rates(0.02, pneumothorax=0.005),
             planted=[{"kind": "laterality_swap", "rate": 0.45}] + shared("sim-qwen-vl-max")),
         SimulatedTeacher(
-            "sim-grok-4", "grok-4-0709+sim1",
+            "sim-grok-4", "grok-4-0709+sim2",
             "balanced; gradual drift: its error rate ramps up along the stream",
-            style="balanced", noise=0.06, threshold=POSITIVE_AT, hedge=0.05, negate=0.75, pneumonia=0.5,
+            style="balanced", noise=0.05, threshold=POSITIVE_AT, hedge=0.05, negate=0.75, pneumonia=0.5,
+            miss=_rates(0.1, pneumothorax=0.04), false_positive=_rates(0.01),
             planted=[{"kind": "gradual_drift", "max_rate": 0.35,
                       "findings": ["Cardiomegaly", "Pleural Effusion", "Consolidation", "Edema", "Atelectasis",
                                    "Pneumothorax"]}] + shared("sim-grok-4")),
@@ -452,3 +512,128 @@ def _teachers() -> dict[str, SimulatedTeacher]:
 
 
 SIM_TEACHERS: dict[str, SimulatedTeacher] = _teachers()
+
+
+# -- measured accuracy ----------------------------------------------------------------------------------
+
+def _binary_scores(pred, y) -> dict[str, float | int]:
+    pos, neg = y, ~y
+    sens = float(pred[pos].mean()) if pos.any() else float("nan")
+    spec = float((~pred[neg]).mean()) if neg.any() else float("nan")
+    return {"balanced_accuracy": 0.5 * (sens + spec), "sensitivity": sens, "specificity": spec,
+            "n_pos": int(pos.sum()), "n_neg": int(neg.sum())}
+
+
+def claims_panel(truths: Sequence[ImageTruth], claims: Mapping[str, Sequence[tuple]]):
+    """A :class:`cxr_max.drift.findings.Panel` built from in-memory ``claims()`` (no files, no text).
+
+    ``claims[teacher][i]`` is ``SimulatedTeacher.claims(truths[i])``. Images keep the order of ``truths``.
+    """
+    import numpy as np
+
+    from cxr_max.drift.findings import _SIDE_CODE, _VALUE_CODE, Panel
+
+    names = sorted(claims)
+    n, t_n, k_n = len(truths), len(names), len(CHEXPERT_LABELS)
+    labels = np.zeros((n, t_n, k_n), dtype=np.int8)
+    side = np.zeros((n, t_n, len(LATERAL_FINDINGS)), dtype=np.int8)
+    refused = np.zeros((n, t_n), dtype=bool)
+    for t, name in enumerate(names):
+        rows = claims[name]
+        if len(rows) != n:
+            raise ValueError(f"{name}: {len(rows)} claims for {n} images")
+        for i, (lab, lat, ref) in enumerate(rows):
+            refused[i, t] = ref
+            if ref:
+                continue
+            labels[i, t] = [_VALUE_CODE[lab.get(f)] for f in CHEXPERT_LABELS]
+            side[i, t] = [_SIDE_CODE[lat.get(f)] for f in LATERAL_FINDINGS]
+    empty = ~refused & (labels == 0).all(axis=2)
+    ids = np.array([x.dicom_id for x in truths], dtype=object)
+    return Panel(dicom_id=ids, subject_id=np.array([x.subject_id for x in truths], dtype=object),
+                 study_id=np.array([x.study_id for x in truths], dtype=object),
+                 prompt=np.full(n, "", dtype=object), stream_pos=np.array([x.stream_pos for x in truths], dtype=float),
+                 teachers=names, present=np.ones((n, t_n), dtype=bool), refused=refused, empty=empty, labels=labels,
+                 side=side, side_conflict=np.zeros_like(side, dtype=bool), raw=np.full((n, t_n), None, dtype=object),
+                 verbosity=np.full((n, t_n), np.nan), source="stored")
+
+
+def teacher_accuracy_table(truths: Iterable[ImageTruth], *, teachers: Mapping[str, SimulatedTeacher] | None = None,
+                           findings: Sequence[str] = HEADLINE_FINDINGS, task: str = "diagnose", sample: int = 0,
+                           seed: int = 0, consensus: Sequence[str] = ("vote", "dawid_skene"),
+                           split: str | None = None) -> dict[str, Any]:
+    """Balanced accuracy per finding of each simulated teacher and of the consensus, from claims vs truth.
+
+    Scoring rule (the student's, :mod:`cxr_max.evaluation.predict`): a finding is predicted present when
+    the teacher states it (1.0); hedged, negated and unmentioned findings and refusals predict absent.
+    The truth is the report's statement: present (1.0) vs negated or not mentioned; images whose true
+    label is hedged (-1.0) are left out of that finding. Balanced accuracy = mean of sensitivity and
+    specificity (always-absent scores 0.5). The consensus (``"vote"`` and/or ``"dawid_skene"``, as the
+    compare stage computes it, :mod:`cxr_max.drift.consensus`) predicts present where its state is PRESENT.
+
+    Args:
+        truths: the images (e.g. ``load_truth(root).values()`` or ``image_truths(generate_world(...))``).
+        teachers: default all seven :data:`SIM_TEACHERS`.
+        split: keep only images of this split (e.g. ``"train"``).
+
+    Returns a dict: ``n_images``; ``findings``; ``teachers[name][finding]`` = balanced_accuracy,
+    sensitivity, specificity, n_pos, n_neg, plus ``teachers[name]["mean"]`` (mean balanced accuracy over
+    ``findings``); ``consensus[method]`` the same; ``best_teacher[finding]`` = {teacher, balanced_accuracy};
+    ``margin[method][finding]`` = consensus minus best teacher balanced accuracy.
+    """
+    import numpy as np
+
+    from cxr_max.drift.consensus import dawid_skene_consensus, vote_consensus
+    from cxr_max.drift.findings import PRESENT
+
+    teachers = dict(SIM_TEACHERS if teachers is None else teachers)
+    truths = [t for t in truths if split is None or t.split == split]
+    if not truths:
+        raise ValueError(f"no images to score (split={split!r})")
+    unknown = [m for m in consensus if m not in ("vote", "dawid_skene")]
+    if unknown:
+        raise ValueError(f"unknown consensus method(s) {unknown}; known: ['vote', 'dawid_skene']")
+    claims = {name: [t.claims(x, task=task, sample=sample, seed=seed) for x in truths] for name, t in teachers.items()}
+    keep = {f: np.array([x.labels.get(f) != -1.0 for x in truths]) for f in findings}
+    y = {f: np.array([x.labels.get(f) == 1.0 for x in truths]) for f in findings}
+
+    def score(pred: dict[str, np.ndarray]) -> dict[str, Any]:
+        out: dict[str, Any] = {f: _binary_scores(pred[f][keep[f]], y[f][keep[f]]) for f in findings}
+        out["mean"] = float(np.nanmean([out[f]["balanced_accuracy"] for f in findings]))
+        return out
+
+    table: dict[str, Any] = {"n_images": len(truths), "findings": list(findings), "split": split, "teachers": {},
+                             "consensus": {}}
+    for name, rows in claims.items():
+        table["teachers"][name] = score({f: np.array([c[0].get(f) == 1.0 for c in rows]) for f in findings})
+    if consensus:
+        panel = claims_panel(truths, claims)
+        for method in consensus:
+            cons = vote_consensus(panel) if method == "vote" else dawid_skene_consensus(panel)
+            table["consensus"][method] = score({f: cons.state[:, CHEXPERT_LABELS.index(f)] == PRESENT
+                                                for f in findings})
+    best = {}
+    for f in findings:
+        name = max(table["teachers"], key=lambda n: table["teachers"][n][f]["balanced_accuracy"])
+        best[f] = {"teacher": name, "balanced_accuracy": table["teachers"][name][f]["balanced_accuracy"]}
+    table["best_teacher"] = best
+    table["margin"] = {m: {f: v[f]["balanced_accuracy"] - best[f]["balanced_accuracy"] for f in findings}
+                       for m, v in table["consensus"].items()}
+    return table
+
+
+def format_accuracy_table(table: dict[str, Any]) -> str:
+    """The table of :func:`teacher_accuracy_table` as Markdown (balanced accuracy; best teacher in bold)."""
+    findings = table["findings"]
+    head = "| | " + " | ".join(findings) + " | mean |\n|---|" + "---|" * (len(findings) + 1)
+    lines = [head]
+    for name, row in table["teachers"].items():
+        cells = [(f"**{row[f]['balanced_accuracy']:.3f}**" if table["best_teacher"][f]["teacher"] == name
+                  else f"{row[f]['balanced_accuracy']:.3f}") for f in findings]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['mean']:.3f} |")
+    for method, row in table["consensus"].items():
+        lines.append(f"| consensus ({method}) | " + " | ".join(f"{row[f]['balanced_accuracy']:.3f}" for f in findings)
+                     + f" | {row['mean']:.3f} |")
+    lines.append("| best teacher | " + " | ".join(f"{table['best_teacher'][f]['balanced_accuracy']:.3f}"
+                                                  for f in findings) + " | |")
+    return "\n".join(lines)
