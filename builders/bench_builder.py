@@ -89,7 +89,9 @@ def run_config(config: str, jpg_root: str, dicom_root: str, traj: str, cache: st
 
 
 def _tree_child(kind: str, args: list[str]) -> dict:
-    """Like :func:`_child`, but peak memory is the sampled RSS of the whole process tree (workers included)."""
+    """Like :func:`_child`, but peak memory is sampled over the whole process tree (workers included):
+    ``peak_mb`` sums PSS (shared pages split between the processes sharing them: forked workers and
+    memory-mapped Arrow files are not counted twice), ``peak_rss_sum_mb`` sums RSS (counts them twice)."""
     import psutil
 
     code = (
@@ -99,20 +101,32 @@ def _tree_child(kind: str, args: list[str]) -> dict:
     ) % (str(Path(__file__).parent), f"run_{kind}", args)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
-    peak = 0
+    peak = peak_rss = 0
     while proc.poll() is None:
-        try:
-            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
-        except psutil.Error:
-            rss = 0
-        peak = max(peak, rss)
-        time.sleep(0.2)
+        pss = rss = 0
+        for p in [ps, *_children(ps)]:
+            try:
+                full = p.memory_full_info()
+                pss, rss = pss + full.pss, rss + full.rss
+            except psutil.Error:
+                pass
+        peak, peak_rss = max(peak, pss), max(peak_rss, rss)
+        time.sleep(0.3)
     out, err = proc.communicate()
     if proc.returncode:
         raise RuntimeError(f"{kind} {args} failed:\n{err[-3000:]}")
     res = json.loads(out.strip().splitlines()[-1])
-    res["peak_mb"] = peak / 2**20
+    res["peak_mb"], res["peak_rss_sum_mb"] = peak / 2**20, peak_rss / 2**20
     return res
+
+
+def _children(ps) -> list:
+    import psutil
+
+    try:
+        return ps.children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 def full_scale(out: dict) -> None:
@@ -133,7 +147,8 @@ def full_scale(out: dict) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
             name = f"{config}/{'num_proc=2' if num_proc == '2' else 'single'}"
             runs[name] = res
-            print(f"  {name:24s} {res['seconds']:7.1f} s  peak {res['peak_mb']:7.0f} MB  rows {res['rows']}")
+            print(f"  {name:24s} {res['seconds']:7.1f} s  peak {res['peak_mb']:7.0f} MB PSS "
+                  f"({res['peak_rss_sum_mb']:.0f} MB RSS summed)  rows {res['rows']}  load {os.getloadavg()[0]:.1f}")
     out["full_scale"] = {
         "images_in_metadata": FULL_IMAGES, "images_on_disk": N_IMAGES, "trajectories": n_traj,
         "runs": runs,

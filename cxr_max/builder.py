@@ -339,6 +339,18 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
+_LOADED_DIGEST: str | None = None
+
+
+def loaded_code_digest() -> str:
+    """:func:`code_digest` of the code this process imported (computed once): both entry points use it,
+    so an edit made after import cannot give them two different cache folders."""
+    global _LOADED_DIGEST
+    if _LOADED_DIGEST is None:
+        _LOADED_DIGEST = code_digest()
+    return _LOADED_DIGEST
+
+
 # ---------------------------------------------------------------------------------------------
 # Image checks (run in the workers, on the images the rows being written join to)
 
@@ -422,7 +434,7 @@ class CxrMax(datasets.ArrowBasedBuilder):
         # One code fingerprint for every entry point: cxr_max.load_dataset and datasets.load_dataset("cxr_max")
         # then share one cache folder, and a change in any module the build reads invalidates it.
         if kwargs.get("hash") is None:
-            kwargs["hash"] = code_digest()
+            kwargs["hash"] = loaded_code_digest()
         kwargs.setdefault("dataset_name", BUILDER_NAME)
         super().__init__(*args, **kwargs)
         self.config.check()
@@ -460,6 +472,10 @@ class CxrMax(datasets.ArrowBasedBuilder):
         # Workers memory-map the index instead of receiving it pickled (a pyarrow slice pickles the whole table).
         _write_ipc(spill / "index.arrow", index)
         _write_ipc(spill / "all_ids.arrow", pa.table({"dicom_id": self._all_dicom_ids()}))
+        root = self._root()
+        for table in ("metadata", "split", "label_table", "_subject_of"):  # the index holds what is needed
+            root.__dict__.pop(table, None)
+        self._index = _read_ipc(spill / "index.arrow")  # memory-mapped: shared with forked workers, not copied
         if cfg.name == "mimic":
             self._say_if_no_reports()
         splits = index.column("split").to_numpy(zero_copy_only=False)
@@ -1077,7 +1093,7 @@ def register_with_datasets() -> None:
         ) from e
     if not isinstance(modules, dict):  # pragma: no cover
         raise RuntimeError("datasets' packaged-module registry changed shape; use cxr_max.load_dataset(...) instead")
-    modules[BUILDER_NAME] = (__name__, code_digest())
+    modules[BUILDER_NAME] = (__name__, loaded_code_digest())
     _skip_data_file_resolution()
     # load_dataset(<packaged name>) pings a download counter over the network; cxr_max runs offline.
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
