@@ -236,6 +236,41 @@ def test_findings_are_visible_and_graded():
     assert 0 < sub < strong / 2  # a near-threshold finding is subtle
 
 
+def test_hard_findings_are_large_graded_and_lateral():
+    """Pneumothorax, consolidation and atelectasis are regions, not thin lines: each changes a region of the
+    lung on its own side only, more with severity, and differently from an effusion."""
+    x = (np.arange(128) + 0.5) / 128 * 2 - 1
+    X, Y = np.meshgrid(x, x)
+    base = _img()
+
+    def delta(region, **sev):
+        return float(_img(**sev)[region].mean() - base[region].mean())
+
+    # Pneumothorax (right = image left): the lateral upper zone turns air-dark, more with severity.
+    apex_r, apex_l = (X < -0.45) & (X > -0.65) & (Y < -0.1) & (Y > -0.5), (X > 0.45) & (X < 0.65) & (Y < -0.1) & (Y > -0.5)
+    dark = [delta(apex_r, pneumothorax_right=s) for s in (0.25, 0.5, 0.9)]
+    assert 0 > dark[0] > dark[1] > dark[2] and dark[2] < -0.04
+    assert abs(delta(apex_l, pneumothorax_right=0.9)) < 0.005
+    # Atelectasis: a band in the lower zone, graded; the costophrenic region is left nearly alone (unlike effusion).
+    band_r, band_l = (X < -0.2) & (X > -0.5) & (Y > 0.27) & (Y < 0.4), (X > 0.2) & (X < 0.5) & (Y > 0.27) & (Y < 0.4)
+    basal_r = (X < -0.2) & (X > -0.6) & (Y > 0.42) & (Y < 0.55)
+    band = [delta(band_r, atelectasis_right=s) for s in (0.25, 0.5, 0.9)]
+    assert 0.05 < band[0] < band[1] < band[2]
+    assert abs(delta(band_l, atelectasis_right=0.9)) < 0.005
+    assert delta(basal_r, atelectasis_right=0.5) < 0.03 < 0.1 < delta(basal_r, effusion_right=0.25)
+    # Consolidation: a dense mid-zone opacity on its side (compared within one image: it draws texture noise).
+    mid_r, mid_l = (X < -0.25) & (X > -0.5) & (Y > 0.0) & (Y < 0.3), (X > 0.25) & (X < 0.5) & (Y > 0.0) & (Y < 0.3)
+    side_gap = []
+    for s in (0.25, 0.5, 0.9):
+        im = _img(consolidation_right=s)
+        side_gap.append(float(im[mid_r].mean() - im[mid_l].mean()) - float(base[mid_r].mean() - base[mid_l].mean()))
+    assert 0.03 < side_gap[0] < side_gap[1] < side_gap[2] and side_gap[2] > 0.15
+    cons, eff = _img(consolidation_right=0.5), _img(effusion_right=0.5)
+    # mid zone brighter than the base for consolidation, the reverse for an effusion
+    assert cons[mid_r].mean() - cons[basal_r].mean() > base[mid_r].mean() - base[basal_r].mean() + 0.08
+    assert eff[mid_r].mean() - eff[basal_r].mean() < base[mid_r].mean() - base[basal_r].mean() - 0.05
+
+
 def test_findings_visible_in_written_jpgs(world, truth):
     """Across the built images, left-effusion studies are brighter in the image-right base."""
     with_e, without = [], []

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
+import numpy as np
 import pytest
 
 from cxr_max.labels import LATERAL_FINDINGS
 from cxr_max.synthetic import SHARED_ERRORS, SIM_TEACHERS, generate_world, simulate_trajectories
-from cxr_max.synthetic.teachers import shared_error_applies
+from cxr_max.synthetic.teachers import HEADLINE_FINDINGS, shared_error_applies, teacher_accuracy_table
 from cxr_max.synthetic.world import image_truths
 from cxr_max.trajectories.parse import is_refusal, split_answer
 from cxr_max.trajectories.schema import normalize_record
@@ -63,9 +65,13 @@ def test_laterality_teacher_swaps_at_its_rate(truths, claims):
     assert abs(qwen - rate) < 0.1
 
 
+def _planted(name, kind):
+    return next(p for p in SIM_TEACHERS[name].planted if p["kind"] == kind)
+
+
 def test_refuser_refuses_at_its_rate(truths, claims):
     refusals = [c[2] for c in claims["sim-moonshot-v1"]]
-    assert abs(sum(refusals) / len(refusals) - 0.25) < 0.03
+    assert abs(sum(refusals) / len(refusals) - _planted("sim-moonshot-v1", "refusal")["rate"]) < 0.03
     assert not any(c[2] for c in claims["sim-glm-4.5v"])
     t = SIM_TEACHERS["sim-moonshot-v1"]
     for x, (labels, lat, refused) in list(zip(truths, claims["sim-moonshot-v1"]))[:200]:
@@ -81,9 +87,15 @@ def _miss_rate(truths, claims, finding, lo, hi):
 
 
 def test_sudden_drift_changes_error_rate_at_start(truths, claims):
-    before = _miss_rate(truths, claims["sim-gemini-2.5-flash-lite"], "Pleural Effusion", 0.0, 0.5)
-    after = _miss_rate(truths, claims["sim-gemini-2.5-flash-lite"], "Pleural Effusion", 0.5, 1.0)
-    assert before < 0.25 and after > before + 0.5
+    name = "sim-gemini-2.5-flash-lite"
+    p = _planted(name, "sudden_drift")
+    f = p["finding"]
+    before = _miss_rate(truths, claims[name], f, 0.0, p["start"])
+    after = _miss_rate(truths, claims[name], f, p["start"], 1.0)
+    # before the start: its own misreads plus a few perception misses near the threshold
+    assert before < SIM_TEACHERS[name].miss[f] + 0.1
+    # after it: the planted rate of the findings it still saw goes missing on top
+    assert after == pytest.approx(before + p["rate"] * (1 - before), abs=0.06)
 
 
 def _error_rate(truths, claims, lo, hi, findings=("Cardiomegaly", "Pleural Effusion", "Consolidation", "Edema")):
@@ -213,3 +225,85 @@ def test_simulate_trajectories_writes_canonical_shards(tmp_path, truths):
             assert "diagnosed with" in r["prompt"]
     with pytest.raises(ValueError, match="unknown simulated teacher"):
         simulate_trajectories(tmp_path, teachers=["sim-nope"], truth=sub)
+
+
+# -- teacher-specific misreads and the consensus ---------------------------------------------------------
+
+def _outside_windows(t, finding):
+    return not any(e["window"][0] <= t.stream_pos < e["window"][1] for e in SHARED_ERRORS if e["finding"] == finding)
+
+
+@pytest.mark.parametrize("name,finding", [("sim-glm-4.5v", "Cardiomegaly"), ("sim-qwen-vl-max", "Pleural Effusion"),
+                                          ("sim-sonnet-4", "Consolidation")])
+def test_misses_at_their_planted_rate(truths, claims, name, finding):
+    """On clear findings (far above every threshold) a teacher without other planted effects there misses at
+    its own ``miss`` rate."""
+    key = {"Cardiomegaly": ("cardiomegaly",), "Pleural Effusion": ("effusion_left", "effusion_right"),
+           "Consolidation": ("consolidation_left", "consolidation_right")}[finding]
+    clear = [i for i, t in enumerate(truths) if max(t.severity[k] for k in key) >= 0.7 and t.view != "AP"]
+    assert len(clear) > 120
+    missed = np.mean([claims[name][i][0][finding] not in POS for i in clear])
+    assert missed == pytest.approx(SIM_TEACHERS[name].miss[finding], abs=0.05)
+
+
+def test_false_positives_at_their_planted_rate(truths, claims):
+    """On images without a trace of the finding, the high-recall teacher states it at 70 % of its false-positive
+    rate and hedges it at the other 30 %; the high-precision one almost never calls it."""
+    f = "Edema"
+    clean = [i for i, t in enumerate(truths) if t.severity["edema"] == 0 and _outside_windows(t, f)]
+    gpt = SIM_TEACHERS["sim-gpt-5-nano"]
+    stated = np.mean([claims["sim-gpt-5-nano"][i][0][f] == 1.0 for i in clean])
+    hedged = np.mean([claims["sim-gpt-5-nano"][i][0][f] == -1.0 for i in clean])
+    assert stated == pytest.approx(0.7 * gpt.false_positive[f], abs=0.03)
+    assert hedged == pytest.approx(0.3 * gpt.false_positive[f], abs=0.03)
+    assert np.mean([claims["sim-sonnet-4"][i][0][f] in POS for i in clean]) < 0.02
+
+
+def test_misreads_are_teacher_specific(truths, claims):
+    """Two teachers' misses on the same clear images are independent (joint rate = product of rates)."""
+    clear = [i for i, t in enumerate(truths) if t.severity["cardiomegaly"] >= 0.75 and t.view != "AP"]
+    a = np.array([claims["sim-glm-4.5v"][i][0]["Cardiomegaly"] not in POS for i in clear])
+    b = np.array([claims["sim-qwen-vl-max"][i][0]["Cardiomegaly"] not in POS for i in clear])
+    assert a.mean() > 0.15 and b.mean() > 0.15
+    assert (a & b).mean() == pytest.approx(a.mean() * b.mean(), abs=0.03)
+
+
+@pytest.fixture(scope="module")
+def accuracy(truths, claims):
+    return teacher_accuracy_table(truths, claims=claims)
+
+
+def test_teachers_are_at_mllm_level(accuracy):
+    """Every teacher's balanced accuracy over the six headline findings is that of a real MLLM, none is near
+    perfect on any finding (so a student that reads the pixels has room above them)."""
+    for name, row in accuracy["teachers"].items():
+        assert 0.62 <= row["mean"] <= 0.88, (name, row["mean"])
+        for f in HEADLINE_FINDINGS:
+            assert 0.6 <= row[f]["balanced_accuracy"] <= 0.88, (name, f, row[f]["balanced_accuracy"])
+
+
+def test_consensus_beats_the_best_teacher_on_every_finding(accuracy):
+    for method in ("vote", "dawid_skene"):
+        for f in HEADLINE_FINDINGS:
+            assert accuracy["margin"][method][f] > 0.02, (method, f, accuracy["margin"][method][f])
+    assert accuracy["consensus"]["vote"]["mean"] > max(r["mean"] for r in accuracy["teachers"].values()) + 0.05
+
+
+def test_accuracy_table_scores_by_hand(truths):
+    """balanced accuracy = (sensitivity + specificity) / 2 with hedged truth left out, checked on 4 images."""
+    base = truths[0]
+    rows = []
+    for lab in (1.0, 1.0, 0.0, -1.0):
+        labels = dict(base.labels) | {"Edema": lab}
+        rows.append(dataclasses.replace(base, labels=labels, dicom_id=f"img{len(rows)}"))
+    said = [1.0, None, 1.0, 1.0]  # TP, FN, FP, (hedged truth: not scored)
+    claims = {"t": [({"Edema": v}, {}, False) for v in said]}
+    tab = teacher_accuracy_table(rows, teachers={"t": SIM_TEACHERS["sim-glm-4.5v"]}, claims=claims,
+                                 findings=("Edema",), consensus=())
+    e = tab["teachers"]["t"]["Edema"]
+    assert (e["n_pos"], e["n_neg"]) == (2, 1)
+    assert e["sensitivity"] == 0.5 and e["specificity"] == 0.0 and e["balanced_accuracy"] == 0.25
+    with pytest.raises(ValueError, match="do not match"):
+        teacher_accuracy_table(rows, claims={"t": said[:2]}, consensus=())
+    with pytest.raises(ValueError, match="no images"):
+        teacher_accuracy_table(rows, claims=claims, teachers={"t": SIM_TEACHERS["sim-glm-4.5v"]}, split="nope")

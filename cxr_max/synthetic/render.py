@@ -82,20 +82,20 @@ def _frontal(sev: dict[str, float], anatomy: dict[str, float], view: str, rng: n
         # The collapsed lung's edge runs parallel to the chest wall from the apex down to the mid zone,
         # the air gap widest at the apex; beyond it: no lung markings and air density.
         down = np.clip((y - (cy - ry)) / (1.3 * ry), 0, 1)  # 0 at the apex .. 1 near the base
-        width = (0.3 + 0.9 * p) * (1 - 0.55 * down)
+        width = (0.35 + 1.0 * p) * (1 - 0.45 * down)
         edge = 1 - width
-        zone = _sig((0.4 - y) / 0.1) * m
+        zone = _sig((0.5 - y) / 0.1) * m
         rim = _sig((lateral - edge) / 0.04) * zone
         markings *= 1 - rim
-        ptx_dark += rim * (0.08 + 0.1 * p)
+        ptx_dark += rim * (0.1 + 0.1 * p)
         ptx_line += np.exp(-(((lateral - edge) / 0.05) ** 2)) * zone
-        ptx_dark -= 0.04 * p * (1 - rim) * zone * _sig((lateral - edge + 0.5) / 0.1)  # denser collapsing lung
+        ptx_dark -= 0.08 * p * (1 - rim) * zone * _sig((lateral - edge + 0.6) / 0.1)  # denser collapsing lung
     img -= lung * 0.3
     img += lung * markings * texture * 0.05
     ribs = 0.5 + 0.5 * np.sin(2 * np.pi * (4.8 * (y + 0.12 * np.abs(x) ** 2) + anatomy["rib_phase"]))
     img += lung * ribs * 0.045
     img -= ptx_dark
-    img += ptx_line * 0.08
+    img += ptx_line * 0.1
     # Mediastinum and spine.
     img += 0.16 * _sig((0.1 - np.abs(x)) / 0.02) * _sig((y + 0.75) / 0.05)
     # Heart.

@@ -19,7 +19,7 @@ order): that is the drift.
 | sim-sonnet-4 | concise | high precision: states only clear findings, rarely negates; blind to small pneumothorax and mild edema | 0.18 (Cardiomegaly 0.12, Pneumothorax 0.05) / 0.005 (Pneumothorax 0) | `high_precision` (threshold +0.15), `blind_spot` Pneumothorax (+0.06) and Edema (+0.05), shared errors A, C |
 | sim-gpt-5-nano | verbose | high recall: over-calls and hedges a lot, negates everything | 0.07 (Pneumothorax 0.2, Atelectasis 0.28) / 0.34 (Pneumothorax 0.08, Atelectasis 0.02) | `high_recall` (threshold -0.12), shared errors A, B |
 | sim-glm-4.5v | balanced | low perception noise, weaker on pneumothorax | 0.26 (Pneumothorax 0.36) / 0.015 (Pneumothorax 0.005) | shared errors B, C |
-| sim-gemini-2.5-flash-lite | balanced | **sudden drift**: from stream position 0.5 on it misses 85 % of pleural effusions | 0.22 (Pleural Effusion 0.1) / 0.015 (Pneumothorax 0.005) | `sudden_drift` (Pleural Effusion, start 0.5, rate 0.85), shared errors A, B |
+| sim-gemini-2.5-flash-lite | balanced | **sudden drift**: from stream position 0.5 on it misses 85 % of pleural effusions | 0.22 (Pleural Effusion 0.1, Consolidation 0.28) / 0.015 (Pneumothorax 0.005) | `sudden_drift` (Pleural Effusion, start 0.5, rate 0.85), shared errors A, B |
 | sim-moonshot-v1 | concise | refuses 25 % of requests ("As an AI, I cannot provide medical diagnoses"), hallucinates a finding in 20 %, weak on consolidation | 0.08 (Pneumothorax 0.02) / 0.01 | `refusal` (0.25), `hallucination` (0.2), `blind_spot` Consolidation (+0.15), shared errors A, C |
 | sim-qwen-vl-max | verbose | **laterality confusion**: swaps left and right on 45 % of sided findings | 0.3 (Pneumothorax 0.36) / 0.02 (Pneumothorax 0.005) | `laterality_swap` (0.45), shared errors B, C |
 | sim-grok-4 | balanced | **gradual drift**: each core finding's call is flipped with a probability ramping from 0 at stream 0 to 0.35 at stream 1 | 0.1 (Pneumothorax 0.04) / 0.01 | `gradual_drift` (max rate 0.35), shared errors A, B, C |
@@ -481,7 +481,7 @@ def _teachers() -> dict[str, SimulatedTeacher]:
             "sim-gemini-2.5-flash-lite", "gemini-2.5-flash-lite+sim2",
             "balanced; sudden drift: from stream position 0.5 it misses most pleural effusions",
             style="balanced", noise=0.05, threshold=POSITIVE_AT, hedge=0.05, negate=0.7, pneumonia=0.4,
-            miss=_rates(0.22, pleural_effusion=0.1), false_positive=_rates(0.015, pneumothorax=0.005),
+            miss=_rates(0.22, pleural_effusion=0.1, consolidation=0.28), false_positive=_rates(0.015, pneumothorax=0.005),
             planted=[{"kind": "sudden_drift", "finding": "Pleural Effusion", "start": 0.5, "effect": "miss",
                       "rate": 0.85}] + shared("sim-gemini-2.5-flash-lite")),
         SimulatedTeacher(
@@ -561,7 +561,8 @@ def claims_panel(truths: Sequence[ImageTruth], claims: Mapping[str, Sequence[tup
 def teacher_accuracy_table(truths: Iterable[ImageTruth], *, teachers: Mapping[str, SimulatedTeacher] | None = None,
                            findings: Sequence[str] = HEADLINE_FINDINGS, task: str = "diagnose", sample: int = 0,
                            seed: int = 0, consensus: Sequence[str] = ("vote", "dawid_skene"),
-                           split: str | None = None) -> dict[str, Any]:
+                           split: str | None = None, claims: Mapping[str, Sequence[tuple]] | None = None
+                           ) -> dict[str, Any]:
     """Balanced accuracy per finding of each simulated teacher and of the consensus, from claims vs truth.
 
     Scoring rule (the student's, :mod:`cxr_max.evaluation.predict`): a finding is predicted present when
@@ -575,6 +576,8 @@ def teacher_accuracy_table(truths: Iterable[ImageTruth], *, teachers: Mapping[st
         truths: the images (e.g. ``load_truth(root).values()`` or ``image_truths(generate_world(...))``).
         teachers: default all seven :data:`SIM_TEACHERS`.
         split: keep only images of this split (e.g. ``"train"``).
+        claims: precomputed ``{teacher: [claims(truth) for truth in truths]}`` (aligned with ``truths``
+            before the split filter); computed here when None.
 
     Returns a dict: ``n_images``; ``findings``; ``teachers[name][finding]`` = balanced_accuracy,
     sensitivity, specificity, n_pos, n_neg, plus ``teachers[name]["mean"]`` (mean balanced accuracy over
@@ -587,13 +590,22 @@ def teacher_accuracy_table(truths: Iterable[ImageTruth], *, teachers: Mapping[st
     from cxr_max.drift.findings import PRESENT
 
     teachers = dict(SIM_TEACHERS if teachers is None else teachers)
-    truths = [t for t in truths if split is None or t.split == split]
-    if not truths:
-        raise ValueError(f"no images to score (split={split!r})")
+    truths = list(truths)
     unknown = [m for m in consensus if m not in ("vote", "dawid_skene")]
     if unknown:
         raise ValueError(f"unknown consensus method(s) {unknown}; known: ['vote', 'dawid_skene']")
-    claims = {name: [t.claims(x, task=task, sample=sample, seed=seed) for x in truths] for name, t in teachers.items()}
+    if claims is None:
+        claims = {name: [t.claims(x, task=task, sample=sample, seed=seed) for x in truths]
+                  for name, t in teachers.items()}
+    else:
+        bad = {name: len(rows) for name, rows in claims.items() if len(rows) != len(truths)}
+        if bad:
+            raise ValueError(f"claims per teacher {bad} do not match the {len(truths)} images")
+    keep_rows = [i for i, x in enumerate(truths) if split is None or x.split == split]
+    if not keep_rows:
+        raise ValueError(f"no images to score (split={split!r})")
+    truths = [truths[i] for i in keep_rows]
+    claims = {name: [rows[i] for i in keep_rows] for name, rows in claims.items()}
     keep = {f: np.array([x.labels.get(f) != -1.0 for x in truths]) for f in findings}
     y = {f: np.array([x.labels.get(f) == 1.0 for x in truths]) for f in findings}
 
