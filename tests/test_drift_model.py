@@ -135,10 +135,27 @@ def test_generation_runs_in_the_models_dtype(student):
 
     folder, panel = student
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.bfloat16)
+    seen = []
+    real_generate = model.generate
+
+    def spy(**inputs):  # what reaches the model: on its device, pixels in its dtype (fp32 CPU tensors before)
+        seen.append((inputs["pixel_values"].dtype, inputs["pixel_values"].device, inputs["input_ids"].device))
+        return real_generate(**inputs)
+
+    model.generate = spy
     cons = model_consensus(panel, model=model, processor=AutoProcessor.from_pretrained(folder),
                            image_loader=_loader, batch_size=3, max_new_tokens=3, progress=False,
                            forced_eos_token_id=AutoProcessor.from_pretrained(folder).tokenizer.eos_token_id)
     assert not cons.unfinished.any() and all(isinstance(t, str) for t in cons.texts)
+    assert seen and all(d == torch.bfloat16 and pd == model.device and idd == model.device for d, pd, idd in seen)
+    from cxr_max.generation import to_model
+
+    class Meta:  # a model on another device (as a GPU model is for CPU-made inputs)
+        device, dtype = torch.device("meta"), torch.float16
+
+    moved = to_model({"input_ids": torch.ones(1, 3, dtype=torch.long), "pixel_values": torch.ones(2, 3)}, Meta)
+    assert moved["input_ids"].device.type == "meta" and moved["input_ids"].dtype == torch.long
+    assert moved["pixel_values"].device.type == "meta" and moved["pixel_values"].dtype == torch.float16
     from cxr_max.generation import load_generator, resolve_dtype
 
     loaded, _ = load_generator(folder, dtype="bfloat16")
