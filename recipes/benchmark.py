@@ -1,28 +1,35 @@
-"""The drift benchmark: seven simulated drifting teachers, and students trained four ways, on the embedded data.
+"""The drift benchmark: seven simulated drifting teachers, students trained several ways, and controls.
 
-    python recipes/benchmark.py                                    # default CPU run (~30 min on 2 cores)
-    python recipes/benchmark.py --seeds 0 1 2 3 --learn_epochs 3   # scale up (GPU)
+    python recipes/benchmark.py                                    # default CPU run (3 seeds; see the README)
+    python recipes/benchmark.py --seeds 0 1 2 3 4 --learn_epochs 3 # scale up (GPU)
     python recipes/benchmark.py --config my_bench.yaml             # every flag also works from YAML
 
-For every training seed, one learn stage (SFT on the union of all teachers) is shared by four students,
-all trained with the same data, budget and seed:
+For every training seed one learn stage (SFT on the union of all teachers, train split) is shared by the
+preference-trained students, all with the same data, seed and number of optimizer steps:
 
-- ``learn``        learn only;
-- ``dpo``          learn + the authors' released preference stage (pairwise DPO, uniform compare rows);
-- ``apo-uniform``  learn + compare + critique (Plackett-Luce over all teachers, equal weights: the paper);
-- ``apo-drift``    the same with drift-aware negative weights.
+- ``learn``         learn only;
+- ``dpo``           learn + the authors' released preference stage (pairwise DPO on consensus/teacher pairs);
+- ``apo-uniform``   learn + compare + critique (Plackett-Luce over all teachers, equal weights: the paper);
+- ``apo-drift``     the same with drift-aware negative weights;
+- ``apo-positive``  positive control: APO whose positive is the truth-rendered trajectory (must beat learn);
+- ``apo-negative``  negative control: APO whose positive is a random teacher's trajectory (must not);
+- ``oracle``        the ceiling: the learn recipe (same student, rows, steps) on truth-rendered trajectories.
 
-Each student and each teacher is scored on the test split (presence accuracy per finding, bootstrap CIs),
-then the paper's three claims are tested: consistency (agreement of extracted findings across paraphrased
-prompts and sampling seeds), robustness (a sweep over teacher mixes with a growing share of drifting
-teachers) and generalisation (the same test images rendered as by another hospital). Results go to
-``--results_dir`` (results.json, results.md, PNGs); checkpoints and predictions to ``--work_dir``. Every
-stage's output is reused when present, so a killed run continues where it stopped.
+The compare stage (consensus, drift points, negative weights) sees the train split only. Every teacher, the
+consensus (vote and Dawid-Skene, on the test images), the image-blind majority answer and every student are
+scored on the test split per finding: balanced accuracy (an image-blind answer scores .5), accuracy and
+macro-F1 of the extracted findings, bootstrap intervals over images; students also by the likelihood probe
+(:mod:`cxr_max.evaluation.probe`). Then the paper's three claims: consistency (agreement across paraphrased
+prompts and sampling seeds), robustness (a sweep over teacher mixes with 0/3, 1/3, 2/3 drifting teachers)
+and generalisation (the same test images rendered as by another hospital). Results go to ``--results_dir``
+(results.json, results.md); checkpoints and predictions to ``--work_dir``. Every stage's output is reused
+when present, so a killed run continues where it stopped.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -37,7 +44,10 @@ from trl import TrlParser  # noqa: E402
 from cxr_max.evaluation import runner  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-VARIANTS = ("learn", "dpo", "apo-uniform", "apo-drift")
+VARIANTS = ("learn", "dpo", "apo-uniform", "apo-drift", "apo-positive", "apo-negative", "oracle")
+# Which preference file each preference-trained variant reads.
+PREFERENCES = {"dpo": "uniform", "apo-uniform": "uniform", "apo-drift": "drift", "apo-positive": "positive",
+               "apo-negative": "negative"}
 # Teacher mixes of the robustness sweep: three teachers each, a growing share with planted stream drift.
 MIXES: dict[str, tuple[str, ...]] = {
     "0/3 drifting": ("sim-glm-4.5v", "sim-sonnet-4", "sim-gpt-5-nano"),
@@ -48,9 +58,9 @@ MIXES: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class BenchArguments:
-    results_dir: str = field(default="benchmarks/results/science", metadata={"help": "JSON, markdown and PNGs."})
+    results_dir: str = field(default="benchmarks/results/science", metadata={"help": "JSON and markdown."})
     work_dir: str = field(default="outputs/bench-science", metadata={"help": "Checkpoints, preferences, predictions."})
-    seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={"help": "Training seeds (one learn stage each)."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Training seeds (one learn stage each)."})
     world_seed: int = field(default=0, metadata={"help": "Seed of the synthetic world (fixed across training seeds)."})
     synthetic_patients: int = field(default=160, metadata={"help": "Size of the synthetic world."})
     variants: list[str] = field(default_factory=lambda: list(VARIANTS), metadata={"help": f"Students: {VARIANTS}."})
@@ -58,21 +68,24 @@ class BenchArguments:
     critique_config: str = field(default=str(HERE / "configs/critique_tiny.yaml"))
     dpo_config: str = field(default=str(HERE / "configs/dpo_baseline_tiny.yaml"))
     learn_epochs: float | None = field(default=None, metadata={"help": "Learn-stage epochs (None: the learn config's)."})
-    critique_epochs: float = field(default=1.0, metadata={"help": "Preference-stage epochs (DPO and APO alike)."})
-    preference_rows: int | None = field(default=64, metadata={"help": "Preference rows per DPO/APO run (None: all)."})
+    critique_epochs: float = field(default=1.0, metadata={"help": "APO epochs over the preference rows."})
+    preference_rows: int | None = field(default=None, metadata={"help": "Preference rows per run (None: all)."})
+    matched_steps: bool = field(default=True, metadata={"help": "DPO runs as many optimizer steps as APO (its pairs "
+                                "are K per row, so it sees a share of them); false: one DPO epoch over all pairs."})
     learn_max_steps: int | None = field(default=None, metadata={"help": "Cap on learn steps (smoke tests)."})
     critique_max_steps: int | None = field(default=None, metadata={"help": "Cap on preference steps (smoke tests)."})
     consensus: str = field(default="vote", metadata={"help": "Compare-stage consensus: vote | dawid_skene."})
     eval_limit: int | None = field(default=None, metadata={"help": "Evaluate on the first N test images (None: all)."})
+    probe: bool = field(default=True, metadata={"help": "Score students with the likelihood probe too."})
     consistency_images: int = field(default=24, metadata={"help": "Images for the consistency runs."})
     consistency_samples: int = field(default=3, metadata={"help": "Sampled runs (seeds) for sampling consistency."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the consistency runs."})
     shifted: bool = field(default=True, metadata={"help": "Evaluate on the shifted (other hospital) test set."})
     sweep: bool = field(default=True, metadata={"help": "Run the teacher-mix sweep (robustness)."})
     sweep_seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Training seeds of the sweep."})
-    sweep_variants: list[str] = field(default_factory=lambda: ["learn", "apo-drift"])
+    sweep_variants: list[str] = field(default_factory=lambda: ["learn", "apo-uniform", "apo-drift"])
     batch_size: int = field(default=32, metadata={"help": "Generation batch size."})
-    max_new_tokens: int = field(default=192)
+    max_new_tokens: int = field(default=160)
     n_boot: int = field(default=1000, metadata={"help": "Bootstrap resamples per interval."})
     report_only: bool = field(default=False, metadata={"help": "Train nothing: score the students already trained, "
                                                                     "then write the report."})
@@ -95,11 +108,23 @@ def resume_flag(folder: Path) -> str | None:
     return "true" if any(folder.glob("checkpoint-*")) else None
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def weights_differ(a: Path, b: Path) -> float:
+    """Largest absolute difference between two saved models' parameters (0.0: the same model)."""
+    from safetensors.torch import load_file
+
+    wa, wb = (load_file(str(sorted(p.glob("*.safetensors"))[0])) for p in (a, b))
+    return float(max((wa[k].float() - wb[k].float()).abs().max() for k in wa if k in wb))
+
+
 class Bench:
     """The benchmark's state: data roots, the results dict (saved after every step) and stage runners."""
 
     def __init__(self, a: BenchArguments):
-        from cxr_max.synthetic import ensure_synthetic
+        from cxr_max.synthetic import ensure_synthetic, load_truth
 
         bad = [v for v in list(a.variants) + list(a.sweep_variants) if v not in VARIANTS]
         if bad:
@@ -109,10 +134,12 @@ class Bench:
         self.res.mkdir(parents=True, exist_ok=True)
         self.root = Path(ensure_synthetic(seed=a.world_seed, n_patients=a.synthetic_patients))
         self.jpg, self.traj = str(self.root / "mimic-cxr-jpg"), str(self.root / "trajectories")
+        self.truth = load_truth(self.root)
         self.results_path = self.res / "results.json"
         self.results = json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
         self.results["settings"] = asdict(a)
         self.results.setdefault("timings_s", {})
+        self.results.setdefault("budget", {})
         self.t0 = time.perf_counter()
 
     # -- bookkeeping ------------------------------------------------------------------------------
@@ -129,6 +156,87 @@ class Bench:
         self.results["timings_s"][key] = round(time.perf_counter() - t, 1) + self.results["timings_s"].get(key, 0)
         return out
 
+    # -- data: train-split preferences, controls, truth trajectories --------------------------------
+    def preferences(self, mdir: Path, trajectories: str, kinds: set[str]) -> dict[str, Path]:
+        """The preference folders of ``kinds`` for one teacher mix, from the train split only."""
+        from cxr_max.drift import io as drift_io
+        from cxr_max.drift.compare import run_compare
+        from cxr_max.drift.controls import control_preferences, split_table
+        from cxr_max.drift.preferences import write_preferences
+
+        out = {}
+        table = None
+        for w in sorted({"uniform"} | {k for k in kinds if k in ("uniform", "drift")}):
+            folder = mdir / f"compare-{w}"
+            if not any(folder.glob("preferences*")):
+                if table is None:
+                    table = split_table(drift_io.read_trajectories(trajectories), self.truth, "train")
+                run_compare(table, data_dir=self.jpg, out=folder, report_dir=folder / "drift_report",
+                            consensus=self.a.consensus, negative_weighting=w, plots=False, progress=False)
+            out[w] = folder
+        for kind in ("positive", "negative"):
+            if kind in kinds:
+                folder = mdir / f"compare-{kind}"
+                if not any(folder.glob("preferences*")):
+                    rows = control_preferences(read_jsonl(out["uniform"] / "preferences.jsonl"), self.truth, kind,
+                                               seed=self.a.world_seed)
+                    write_preferences(rows, folder)
+                out[kind] = folder
+        return out
+
+    def truth_trajectories(self) -> str:
+        """The oracle's SFT data: every teacher record re-written with the truth-rendered text."""
+        from cxr_max.drift.controls import write_truth_trajectories
+
+        folder = self.work / "truth-trajectories"
+        if not (folder / ".complete").exists():
+            write_truth_trajectories(self.traj, self.truth, folder)
+            (folder / ".complete").write_text("ok")
+        return str(folder)
+
+    def weight_facts(self, prefs: dict[str, Path]) -> dict:
+        """How far the drift-aware weights are from uniform (if they never differ, the students cannot)."""
+        import numpy as np
+
+        rows = read_jsonl(prefs["drift"] / "preferences.jsonl")
+        dev = [abs(w - 1.0) for r in rows for w in r["rejected_weights"]]
+        spread = [max(r["rejected_weights"]) - min(r["rejected_weights"]) for r in rows if r["rejected_weights"]]
+        return {"rows": len(rows), "mean_abs_deviation_from_uniform": float(np.mean(dev)) if dev else 0.0,
+                "rows_with_weight_spread_over_0.1": int(sum(s > 0.1 for s in spread)),
+                "max_weight": float(max((max(r["rejected_weights"]) for r in rows), default=0.0))}
+
+    # -- budgets ---------------------------------------------------------------------------------------
+    def budget(self, prefs: Path, learn_dir: Path) -> dict:
+        """Optimizer steps of an APO run over ``prefs`` and the policy tokens APO and matched-step DPO forward."""
+        import yaml
+        from transformers import AutoProcessor
+
+        rows = [r for r in read_jsonl(prefs / "preferences.jsonl") if self.truth[r["dicom_id"]].split == "train"]
+        if self.a.preference_rows:
+            rows = rows[: self.a.preference_rows]
+        cfg = yaml.safe_load(Path(self.a.critique_config).read_text())
+        bs = int(cfg.get("per_device_train_batch_size", 8)) * int(cfg.get("gradient_accumulation_steps", 1))
+        steps = math.ceil(len(rows) / bs) * self.a.critique_epochs
+        steps = int(min(steps, self.a.critique_max_steps) if self.a.critique_max_steps else steps)
+        tok = AutoProcessor.from_pretrained(learn_dir).tokenizer
+        image_tokens = json.loads((learn_dir / "config.json").read_text()).get("image_seq_length", 0)
+        length = {}
+
+        def n(text: str) -> int:
+            if text not in length:
+                length[text] = len(tok(text)["input_ids"]) + image_tokens
+            return length[text]
+
+        apo_tokens = sum(n(r["prompt"] + r["chosen"]) + sum(n(r["prompt"] + x) for x in r["rejected"]) for r in rows)
+        pairs = [(r["prompt"], r["chosen"], x) for r in rows for x in r["rejected"]]
+        pair_tokens = sum(n(p + c) + n(p + x) for p, c, x in pairs)
+        dpo_steps = steps if self.a.matched_steps else math.ceil(len(pairs) / bs)
+        dpo_share = min(1.0, dpo_steps * bs / max(len(pairs), 1))
+        apo_share = steps * bs / max(len(rows), 1)  # epochs, or less under --critique_max_steps
+        return {"rows": len(rows), "pairs": len(pairs), "batch_size": bs, "apo_steps": steps, "dpo_steps": dpo_steps,
+                "apo_policy_tokens": int(apo_tokens * apo_share),
+                "dpo_policy_tokens": int(pair_tokens * dpo_share)}
+
     # -- training stages ----------------------------------------------------------------------------
     def learn(self, out: Path, seed: int, trajectories: str) -> Path:
         import learn
@@ -141,15 +249,7 @@ class Bench:
                                    resume_from_checkpoint=resume_flag(out)))
         return out
 
-    def compare(self, out: Path, trajectories: str, weighting: str) -> Path:
-        from cxr_max.drift.compare import run_compare
-
-        if not any(out.glob("preferences*")):
-            run_compare(trajectories, data_dir=self.jpg, out=out, report_dir=out / "drift_report",
-                        consensus=self.a.consensus, negative_weighting=weighting)
-        return out
-
-    def prefer(self, variant: str, out: Path, learn_dir: Path, prefs: Path, seed: int) -> Path:
+    def prefer(self, variant: str, out: Path, learn_dir: Path, prefs: Path, seed: int, steps: int) -> Path:
         """The preference stage of ``variant``: pairwise DPO (``dpo``) or APO (``apo-*``) from ``learn_dir``."""
         import critique
         import dpo_baseline
@@ -161,6 +261,8 @@ class Bench:
                   num_train_epochs=self.a.critique_epochs, max_steps=self.a.critique_max_steps,
                   max_train_samples=self.a.preference_rows, resume_from_checkpoint=resume_flag(out))
         if variant == "dpo":
+            if self.a.matched_steps:
+                kw["max_steps"] = steps
             dpo_baseline.main(*stage_args((critique.CritiqueArguments, dpo_baseline.DPOConfig, dpo_baseline.ModelConfig),
                                           self.a.dpo_config, **kw))
         else:
@@ -173,49 +275,110 @@ class Bench:
 
         With ``--report_only`` nothing is trained: only the students already saved are returned."""
         if self.a.report_only:
-            found = {v: base / v for v in variants if stage_done(base / v)}
-            return found
+            return {v: base / v for v in variants if stage_done(base / v)}
         tag = base.relative_to(self.work).as_posix()
         learn_dir = self.timed(f"{tag}/learn", self.learn, base / "learn", seed, trajectories)
         dirs = {"learn": learn_dir}
+        budget = None
         for v in variants:
-            if v != "learn":
-                weighting = "drift" if v == "apo-drift" else "uniform"
-                dirs[v] = self.timed(f"{tag}/{v}", self.prefer, v, base / v, learn_dir, prefs[weighting], seed)
+            if v == "oracle":
+                dirs[v] = self.timed(f"{tag}/oracle", self.learn, base / "oracle", seed, self.truth_trajectories())
+            elif v != "learn":
+                if budget is None:
+                    budget = self.budget(prefs["uniform"], learn_dir)
+                    self.results["budget"][tag] = budget
+                dirs[v] = self.timed(f"{tag}/{v}", self.prefer, v, base / v, learn_dir, prefs[PREFERENCES[v]], seed,
+                                     budget["apo_steps"])
         return {v: dirs[v] for v in variants}
 
     # -- evaluation -----------------------------------------------------------------------------------
     def eval_model(self, folder: Path, out: Path, data: runner.EvalData, *, shifted: runner.EvalData | None,
                    consistency: bool, seed: int) -> dict:
-        """Greedy accuracy (in-domain, optionally shifted) and consistency runs of one student."""
+        """Generated answers scored per finding (in-domain, optionally shifted), the likelihood probe and the
+        consistency runs of one student."""
+        from cxr_max.evaluation.probe import finding_metrics, likelihood_scores, probe_metrics
+
         a = self.a
+        out.mkdir(parents=True, exist_ok=True)
         gen = runner.Generator(folder, max_new_tokens=a.max_new_tokens)
-        common = dict(batch_size=a.batch_size, n_boot=a.n_boot, plots=False, generator=gen, model=str(folder))
-        m = runner.evaluate(out_dir=out / "test", data=data, seed=seed, **common)
-        rec = {"accuracy": m["accuracy"], "label_f1_micro": m["label_f1"]["labels_14"]["micro_f1"],
-               "refusals_or_empty": m["refusals_or_empty"], "distinct_label_sets": m["distinct_label_sets"]}
+        answers = runner.predict_images(gen, data.keys, data.images, out / "test.jsonl", batch_size=a.batch_size,
+                                        description="test answers")
+        texts = [answers[k] for k in data.keys]
+        labels = runner.extract_labels(texts)
+        rec = {"metrics": finding_metrics(labels, data.truths, n_boot=a.n_boot, seed=seed),
+               "refusals_or_empty": sum(not t.strip() for t in texts),
+               "distinct_label_sets": len({json.dumps(lab, sort_keys=True) for lab in labels})}
+        if a.probe:
+            scores = likelihood_scores(str(folder), data.images)
+            rec["probe"] = probe_metrics(scores, data.truths, n_boot=a.n_boot, seed=seed)
         if shifted is not None:
-            rec["shifted"] = runner.evaluate(out_dir=out / "shifted", data=shifted, seed=seed, **common)["accuracy"]
+            got = runner.predict_images(gen, shifted.keys, shifted.images, out / "shifted.jsonl",
+                                        batch_size=a.batch_size, description="shifted answers")
+            rec["shifted"] = finding_metrics(runner.extract_labels([got[k] for k in shifted.keys]), shifted.truths,
+                                             n_boot=a.n_boot, seed=seed)
         if consistency:
             n = min(a.consistency_images, len(data.keys))
-            sub = runner.EvalData(data.keys[:n], data.images[:n], data.truths[:n], None)
-            greedy = runner.read_predictions(out / "test" / "predictions.jsonl")
-            prompt_runs = [[greedy[k]["answer"] for k in sub.keys]]
+            keys, images, truths = data.keys[:n], data.images[:n], data.truths[:n]
+            prompt_runs = [[answers[k] for k in keys]]
             for i, p in enumerate(runner.PARAPHRASES[1:], start=1):
-                got = runner.predict_images(gen, sub.keys, sub.images, out / f"prompt{i}.jsonl", prompt=p,
+                got = runner.predict_images(gen, keys, images, out / f"prompt{i}.jsonl", prompt=p,
                                             batch_size=a.batch_size, description=f"paraphrase {i}")
-                prompt_runs.append([got[k] for k in sub.keys])
+                prompt_runs.append([got[k] for k in keys])
             sample_runs = []
             for s in range(a.consistency_samples):
-                got = runner.predict_images(gen, sub.keys, sub.images, out / f"sample{s}.jsonl", do_sample=True,
+                got = runner.predict_images(gen, keys, images, out / f"sample{s}.jsonl", do_sample=True,
                                             temperature=a.temperature, seed=1000 * seed + s, batch_size=a.batch_size,
                                             description=f"sampling run {s}")
-                sample_runs.append([got[k] for k in sub.keys])
+                sample_runs.append([got[k] for k in keys])
             rec["consistency_prompts"] = runner.agreement([runner.extract_labels(r) for r in prompt_runs], n_boot=a.n_boot)
             rec["consistency_samples"] = runner.agreement([runner.extract_labels(r) for r in sample_runs], n_boot=a.n_boot)
-            rec["sampled_accuracy"] = runner.presence_accuracy(runner.extract_labels(sample_runs[0]), sub.truths,
-                                                               n_boot=a.n_boot)
+            rec["sampled"] = finding_metrics(runner.extract_labels(sample_runs[0]), truths, n_boot=a.n_boot, seed=seed)
         return rec
+
+    def score(self, table: dict, key: str, folder: Path, out: Path, data, **kw) -> None:
+        """``table[key] = eval_model(...)`` unless it already holds this very model's scores (same fingerprint,
+        current format); stale predictions of another model under ``out`` are removed first."""
+        fingerprint = model_fingerprint(folder)
+        old = table.get(key, {})
+        if old.get("model_fingerprint") == fingerprint and "metrics" in old:
+            return
+        if out.exists():
+            shutil.rmtree(out)
+        table[key] = self.timed(f"eval {key}", self.eval_model, folder, out, data, **kw)
+        table[key]["model_fingerprint"] = fingerprint
+        self.save()
+
+    def reference_rows(self, data) -> None:
+        """Teachers, the consensus (vote, Dawid-Skene) and the majority answer on the test images."""
+        from cxr_max.drift import io as drift_io
+        from cxr_max.drift.compare import run_compare
+        from cxr_max.drift.controls import split_table
+        from cxr_max.evaluation.probe import finding_metrics
+        from cxr_max.synthetic import SIM_TEACHERS
+
+        a, R = self.a, self.results
+        R["teachers"] = {}
+        for t in SIM_TEACHERS:
+            got = runner.teacher_answers(t, data.keys, split="test", data_dir=self.jpg, trajectories=self.traj,
+                                         seed=a.world_seed)
+            texts = [got[k] for k in data.keys]
+            R["teachers"][t] = {"metrics": finding_metrics(runner.extract_labels(texts), data.truths, n_boot=a.n_boot),
+                                "refusals_or_empty": sum(not x.strip() for x in texts)}
+        test = split_table(drift_io.read_trajectories(self.traj), self.truth, "test")
+        R["consensus"] = {}
+        for method in ("vote", "dawid_skene"):
+            res = run_compare(test, data_dir=self.jpg, consensus=method, plots=False, progress=False)
+            by_id = {r["dicom_id"]: r["consensus_labels"] for r in res.rows}
+            pred = [by_id.get(k.split("|")[0], {}) for k in data.keys]
+            R["consensus"][method] = {"metrics": finding_metrics(pred, data.truths, n_boot=a.n_boot),
+                                      "images_without_consensus": sum(k.split("|")[0] not in by_id for k in data.keys)}
+        calls = {}
+        for f in runner.TABLE_FINDINGS:
+            pos = sum(t.get(f) == 1.0 for t in data.truths)
+            neg = sum(t.get(f) not in (1.0, -1.0) for t in data.truths)
+            calls[f] = 1.0 if pos > neg else 0.0
+        R["majority"] = {"metrics": finding_metrics([calls] * len(data.truths), data.truths, n_boot=a.n_boot)}
+        self.save()
 
     def seed_students(self, seed: int, data, shifted, prefs) -> None:
         """Train one seed's students (shared learn stage) and evaluate them (in-domain, shifted, consistency)."""
@@ -224,24 +387,16 @@ class Bench:
         for v, folder in dirs.items():
             self.score(R["students"], f"{v}/seed{seed}", folder, base / "eval" / v, data, shifted=shifted,
                        consistency=True, seed=seed)
-
-    def score(self, table: dict, key: str, folder: Path, out: Path, data, **kw) -> None:
-        """``table[key] = eval_model(...)`` unless it already holds this very model's scores (same fingerprint,
-        current format); stale predictions of another model under ``out`` are removed first."""
-        fingerprint = model_fingerprint(folder)
-        old = table.get(key, {})
-        if old.get("model_fingerprint") == fingerprint and "distinct_label_sets" in old:
-            return
-        if out.exists():
-            shutil.rmtree(out)
-        table[key] = self.timed(f"eval {key}", self.eval_model, folder, out, data, **kw)
-        table[key]["model_fingerprint"] = fingerprint
-        self.save()
+        if "apo-uniform" in dirs and "apo-drift" in dirs:
+            R.setdefault("drift_vs_uniform", {})[f"seed{seed}"] = {
+                "max_parameter_difference": weights_differ(dirs["apo-uniform"], dirs["apo-drift"])}
+            self.save()
 
     def sweep(self, data) -> None:
         """Robustness: the same recipe on teacher mixes with a growing share of drifting teachers."""
         a, R = self.a, self.results
         R.setdefault("sweep", {})
+        R.setdefault("sweep_weights", {})
         for i, (mix, teachers) in enumerate(MIXES.items()):
             mdir = self.work / f"mix{i}"
             tdir = mdir / "trajectories"
@@ -250,9 +405,10 @@ class Bench:
                 if not (tdir / t).exists():
                     shutil.copytree(Path(self.traj) / t, tdir / f".{t}.tmp", dirs_exist_ok=True)
                     (tdir / f".{t}.tmp").rename(tdir / t)
-            need = {"drift" if v == "apo-drift" else "uniform" for v in a.sweep_variants if v != "learn"}
-            mprefs = {} if a.report_only else {
-                w: self.timed(f"mix{i}/compare-{w}", self.compare, mdir / f"compare-{w}", str(tdir), w) for w in need}
+            need = {PREFERENCES[v] for v in a.sweep_variants if v in PREFERENCES}
+            mprefs = {} if a.report_only else self.timed(f"mix{i}/compare", self.preferences, mdir, str(tdir), need)
+            if "drift" in mprefs:
+                R["sweep_weights"][mix] = self.weight_facts(mprefs)
             for seed in a.sweep_seeds:
                 base = mdir / f"seed{seed}"
                 dirs = self.students(base, seed, str(tdir), a.sweep_variants, mprefs)
@@ -261,7 +417,7 @@ class Bench:
                                consistency=False, seed=seed)
 
     def run(self) -> dict:
-        from cxr_max.synthetic import SIM_TEACHERS, ensure_synthetic
+        from cxr_max.synthetic import ensure_synthetic
 
         a, R = self.a, self.results
         data = runner.load_eval_data("mimic", "test", data_dir=self.jpg, limit=a.eval_limit, seed=a.world_seed)
@@ -274,25 +430,16 @@ class Bench:
             if shifted.keys != data.keys:
                 raise RuntimeError("the shifted world's test images differ from the default world's")
         R["n_test_images"] = len(data.keys)
-        R["majority_baseline"] = runner.majority_baseline(data.truths, n_boot=a.n_boot)
+        self.timed("teachers, consensus, majority", self.reference_rows, data)
 
-        # 1. teachers (their stored trajectories; the simulator reads the truth, not pixels, so no shifted run)
-        R.setdefault("teachers", {})
-        for t in SIM_TEACHERS:
-            if t not in R["teachers"]:
-                m = runner.evaluate(teacher=t, out_dir=self.work / "eval" / "teachers" / t, data=data,
-                                    data_dir=self.jpg, trajectories=self.traj, seed=a.world_seed, n_boot=a.n_boot,
-                                    plots=False)
-                R["teachers"][t] = {"accuracy": m["accuracy"], "refusals_or_empty": m["refusals_or_empty"],
-                                    "label_f1_micro": m["label_f1"]["labels_14"]["micro_f1"]}
-                self.save()
+        # compare on the train split (the world is fixed, so one set of preferences serves every seed)
+        need = {PREFERENCES[v] for v in a.variants if v in PREFERENCES}
+        prefs = {} if a.report_only else self.timed("compare", self.preferences, self.work, self.traj, need)
+        if "drift" in prefs:
+            R["weights"] = self.weight_facts(prefs)
 
-        # 2. compare (the world is fixed, so one set of preferences serves every seed)
-        prefs = {} if a.report_only else {
-            w: self.timed(f"compare-{w}", self.compare, self.work / f"compare-{w}", self.traj, w) for w in ("uniform", "drift")}
-
-        # 3. students of the first seed, 4. the robustness sweep, 5. the other seeds (in this order, so that a
-        # run cut short still has every claim measured once)
+        # students of the first seed, the robustness sweep, the other seeds (in this order, so that a run
+        # cut short still has every claim measured once)
         R.setdefault("students", {})
         self.seed_students(a.seeds[0], data, shifted, prefs)
         if a.sweep:
@@ -304,11 +451,14 @@ class Bench:
 
 
 def main(a: BenchArguments) -> dict:
-    """Run (or continue) the benchmark, then write results.md and the PNGs."""
+    """Run (or continue) the benchmark, then write results.md."""
+    from cxr_max.evaluation.bench_report import write_report
+
     bench = Bench(a)
+    t = time.perf_counter()
     results = bench.run()
-    summary = runner.write_benchmark_report(results, Path(a.results_dir))
-    results["summary"] = summary
+    results["wall_s_this_invocation"] = round(time.perf_counter() - t, 1)
+    results["summary"] = write_report(results, Path(a.results_dir))
     bench.save()
     print((Path(a.results_dir) / "results.md").read_text())
     return results

@@ -60,6 +60,15 @@ class LearnArguments:
     tiny_image_size: int = field(default=64, metadata={"help": "Tiny student: image side (pixels)."})
     tiny_patch_size: int = field(default=16, metadata={"help": "Tiny student: patch side (pixels)."})
     tiny_vocab_size: int = field(default=1024, metadata={"help": "Tiny student: tokenizer vocabulary size."})
+    tiny_vision_pretrained: bool = field(default=False, metadata={"help": "Tiny student: start from a vision tower "
+                                         "pretrained on a separate synthetic cohort (cxr_max.training.pretrain; "
+                                         "built once, cached)."})
+    tiny_pretrain_patients: int = field(default=700, metadata={"help": "Tiny student: patients of that cohort."})
+    tiny_pretrain_epochs: int = field(default=40, metadata={"help": "Tiny student: epochs of that pretraining."})
+    tiny_vision_hidden: int = field(default=96, metadata={"help": "Tiny student: vision tower width."})
+    tiny_vision_layers: int = field(default=3, metadata={"help": "Tiny student: vision tower depth."})
+    tiny_text_hidden: int = field(default=96, metadata={"help": "Tiny student: language model width."})
+    tiny_text_layers: int = field(default=2, metadata={"help": "Tiny student: language model depth."})
     vision_lr: float | None = field(default=None, metadata={"help": "Learning rate of the vision encoder and "
                                     "projector (None: --learning_rate for everything)."})
     align_epochs: float = field(default=0.0, metadata={"help": "Feature-alignment epochs on teacher-derived finding "
@@ -69,6 +78,9 @@ class LearnArguments:
                                "(the Qwen YAMLs set it: no silent training on the embedded synthetic world)."})
     freeze_vit: bool = field(default=True, metadata={"help": "With --use_peft, leave the vision encoder and merger "
                              "out of LoRA (the released recipe's setting); false adapts them too."})
+    max_truncated_share: float = field(default=0.02, metadata={"help": "Image rows longer than max_length lose the "
+                                       "end of their answer (counted); stop past this share of rows (1.0: never). "
+                                       "Image tokens are never cut: a row whose image does not fit is an error."})
     min_pixels: int | None = field(default=None, metadata={"help": "Qwen-VL processors: fewest pixels per image."})
     max_pixels: int | None = field(default=None, metadata={"help": "Qwen-VL processors: most pixels per image "
                                    "(1003520 = 1280 visual tokens in the Qwen YAMLs; None: the processor's own)."})
@@ -102,15 +114,24 @@ def main(script_args: LearnArguments, training_args: SFTConfig, model_args: Mode
         model_path = str(Path(training_args.output_dir) / "student-init")
         if not (Path(model_path) / "config.json").is_file():
             spec = TinyVLMSpec(image_size=script_args.tiny_image_size, patch_size=script_args.tiny_patch_size,
-                               vocab_size=script_args.tiny_vocab_size)
-            tiny_vlm(trajectory_texts(dataset), model_path, spec=spec, seed=training_args.seed)
+                               vocab_size=script_args.tiny_vocab_size, vision_hidden=script_args.tiny_vision_hidden,
+                               vision_layers=script_args.tiny_vision_layers, text_hidden=script_args.tiny_text_hidden,
+                               text_layers=script_args.tiny_text_layers)
+            vision_init = None
+            if script_args.tiny_vision_pretrained:
+                from cxr_max.training.pretrain import PretrainOptions, pretrained_tower_for
+
+                vision_init = pretrained_tower_for(spec, PretrainOptions(n_patients=script_args.tiny_pretrain_patients,
+                                                                  epochs=script_args.tiny_pretrain_epochs))
+            tiny_vlm(trajectory_texts(dataset), model_path, spec=spec, seed=training_args.seed, vision_init=vision_init)
     if script_args.align_epochs > 0:
         model_path = align(dataset, script_args, training_args, model_args, model_path, data)
     extra = {"optimizer_cls_and_kwargs": vision_optimizer(training_args, script_args.vision_lr)} \
         if script_args.vision_lr is not None else {}
     out, trainer = run_stage(SFTTrainer, dataset, training_args, model_args, model_path=model_path, stage="learn",
                              data=data, freeze_vit=script_args.freeze_vit, min_pixels=script_args.min_pixels,
-                             max_pixels=script_args.max_pixels, **extra)
+                             max_pixels=script_args.max_pixels, max_truncated_share=script_args.max_truncated_share,
+                             **extra)
     if trainer.accelerator.is_main_process:
         if skips.total:
             print(skips.summary())
@@ -135,7 +156,7 @@ def align(dataset, script_args: LearnArguments, training_args: SFTConfig, model_
                                resume_from_checkpoint=resume)
     out, _ = run_stage(SFTTrainer, finding_captions(dataset), args, model_args, model_path=model_path, stage="align",
                        data=data, freeze_vit=script_args.freeze_vit, min_pixels=script_args.min_pixels,
-                       max_pixels=script_args.max_pixels)
+                       max_pixels=script_args.max_pixels, max_truncated_share=script_args.max_truncated_share)
     return out
 
 

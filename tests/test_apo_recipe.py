@@ -20,19 +20,36 @@ def test_apo_recipe_end_to_end_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["apo.py"])
     import apo
 
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "recipes/configs/learn_tiny.yaml").read_text())
+    cfg.update(tiny_pretrain_patients=16, tiny_pretrain_epochs=1)  # a pretraining cohort small enough for a test
+    (tmp_path / "learn.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("CXR_MAX_CACHE", str(tmp_path / "cache"))
     args = apo.APOArguments(output_dir=str(tmp_path / "out"), data_dir=str(root / "mimic-cxr-jpg"),
-                            trajectories=str(root / "trajectories"), max_steps=2, eval_limit=4, eval_split="train")
+                            trajectories=str(root / "trajectories"), max_steps=2, eval_limit=4, eval_split="train",
+                            learn_config=str(tmp_path / "learn.yaml"))
     results = apo.main(args)
     out = tmp_path / "out"
     assert (out / "learn" / "config.json").is_file() and (out / "critique" / "config.json").is_file()
     assert any((out / "compare").glob("preferences*")) and (out / "drift_report" / "report.json").is_file()
-    assert set(results["accuracy"]) == set(SIM_TEACHERS) | {"student (learn)", "student (APO)"}
+    oracle = "oracle ceiling (learn on the truth)"
+    assert set(results["metrics"]) == set(SIM_TEACHERS) | {"student (learn)", "student (APO)", oracle,
+                                                           "consensus (vote)", "majority answer"}
+    assert results["metrics"]["majority answer"]["Avg"]["balanced_accuracy"]["value"] == pytest.approx(0.5, abs=0.01)
     saved = json.loads((out / "results.json").read_text())
-    assert saved["accuracy"]["student (APO)"]["Avg"] == results["accuracy"]["student (APO)"]["Avg"]
+    assert saved["metrics"]["student (APO)"]["Avg"] == results["metrics"]["student (APO)"]["Avg"]
+    assert (out / "oracle" / "config.json").is_file()
+    # the compare stage read the train split only
+    from cxr_max.synthetic import load_truth
+
+    truth = load_truth(root)
+    prefs = [json.loads(x) for x in (out / "compare" / "preferences.jsonl").read_text().splitlines()]
+    assert prefs and {truth[p["dicom_id"]].split for p in prefs} == {"train"}
     stages = json.loads((out / "critique" / "training_stages.json").read_text())
     assert [s["name"] for s in stages] == ["align", "learn", "critique"]  # the tiny student's alignment pass first
     pixels = saved["image_dependence"]
-    assert set(pixels) == {"student (learn)", "student (APO)"}
+    assert set(pixels) == {"student (learn)", "student (APO)", oracle}
     assert all(d["gap"] == pytest.approx(d["shuffled"] - d["true"]) and d["true"] > 0 for d in pixels.values())
     assert "another image" in (out / "results.md").read_text()
     # a rerun reuses every stage's output (no retraining): the checkpoints are untouched

@@ -16,6 +16,7 @@ present templates are more likely. The score difference also gives a threshold-f
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -116,7 +117,8 @@ def finding_metrics(pred: Sequence[Mapping[str, Any]], truths: Sequence[Mapping[
             boots[m].append(b)
         out[f] = rec
     avg: dict[str, Any] = {"n": n}
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # a resample without positives of some finding is NaN there: skipped
+        warnings.simplefilter("ignore", RuntimeWarning)
         for m in METRICS:
             avg[m] = _ci(float(np.nanmean(values[m])), np.nanmean(np.vstack(boots[m]), axis=0))
     out["Avg"] = avg

@@ -178,10 +178,17 @@ def train_vision(vision_config, processor, options: PretrainOptions, *, progress
 
 
 def cache_key(vision_config, options: PretrainOptions) -> str:
-    """Folder name of a pretrained tower: the options and the tower's sizes, hashed."""
+    """Folder name of a pretrained tower: the options, the tower's sizes and the renderer's code, hashed."""
     sizes = {k: getattr(vision_config, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                      "num_attention_heads", "image_size", "patch_size")}
-    blob = json.dumps({"v": VERSION, "sizes": sizes, "options": dataclasses.asdict(options)}, sort_keys=True)
+    import inspect
+
+    from cxr_max.synthetic import build, render
+
+    # the renderer's code and the world format are part of what the tower saw: a change rebuilds it
+    world = hashlib.sha256((inspect.getsource(render) + build.FORMAT_VERSION).encode()).hexdigest()[:12]
+    blob = json.dumps({"v": VERSION, "sizes": sizes, "options": dataclasses.asdict(options), "world": world},
+                      sort_keys=True)
     tag = hashlib.sha256(blob.encode()).hexdigest()[:12]
     return f"tiny-vision-{vision_config.image_size}px-p{vision_config.patch_size}-{tag}"
 
@@ -263,3 +270,10 @@ def vision_sizes(model) -> Sequence[int]:
     """(hidden, layers, image, patch) of a LLaVA model's vision tower (for messages and tests)."""
     c = model.config.vision_config
     return (c.hidden_size, c.num_hidden_layers, c.image_size, c.patch_size)
+
+
+def pretrained_tower_for(spec, options: PretrainOptions | None = None) -> Path:
+    """The cached pretrained tower of a :class:`cxr_max.training.tiny.TinyVLMSpec` (built when missing)."""
+    from cxr_max.training.tiny import tiny_image_processor, vision_config
+
+    return pretrained_vision(vision_config(spec), tiny_image_processor(spec), options)
