@@ -296,3 +296,39 @@ def test_stage_record_says_what_the_stage_trained_on(tmp_path):
     critique.main(script, args, model)
     stages = json.loads((tmp_path / "c" / "training_stages.json").read_text())
     assert stages[-1]["data"] == {"source": "rows", "synthetic": None, "location": str(data)}
+
+
+def test_sft_truncation_never_cuts_image_tokens_and_counts_cut_answers(tmp_path):
+    """TRL's vision collator lets the processor truncate the tokenized text: image tokens cut (the forward then
+    fails) or answers cut without a word. The guard raises for the first and counts (then stops on) the second."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import SFTConfig, SFTTrainer
+
+    from cxr_max.errors import DataError
+    from cxr_max.training.recipe_utils import guard_sft_truncation
+    from cxr_max.training.tiny import tiny_vlm
+
+    tiny_vlm(["a b c", "left pleural effusion", "the disease of this patient is"], tmp_path / "vlm", spec=SMALL)
+    processor = AutoProcessor.from_pretrained(tmp_path / "vlm")
+
+    def guarded(max_length, share=0.02):
+        args = SFTConfig(str(tmp_path / "o"), use_cpu=True, bf16=False, report_to="none", max_length=max_length,
+                         assistant_only_loss=True)
+        trainer = SFTTrainer(AutoModelForImageTextToText.from_pretrained(tmp_path / "vlm"), args=args,
+                             train_dataset=Dataset.from_list(_sft_rows(60)), processing_class=processor)
+        return trainer, guard_sft_truncation(trainer, share)
+
+    trainer, guard = guarded(10)  # the 16 image tokens alone do not fit
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    with pytest.raises(DataError, match="image tokens"):
+        trainer.data_collator(rows)
+    full = guarded(None)[0].data_collator([trainer.train_dataset[i] for i in range(4)])
+    answer_start = int((full["labels"][0] != -100).float().argmax())
+    trainer, guard = guarded(answer_start + 3, share=1.0)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert batch["input_ids"].shape[1] == answer_start + 3 and guard.truncated == 4
+    assert (batch["labels"][:, answer_start:] != -100).any()  # the start of each answer is still trained on
+    trainer, guard = guarded(answer_start + 3)
+    with pytest.raises(DataError, match=r"of 60 SFT rows exceeded max_length"):
+        for start in range(0, 60, 20):
+            trainer.data_collator([trainer.train_dataset[i] for i in range(start, start + 20)])

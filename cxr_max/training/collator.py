@@ -195,3 +195,61 @@ class DataCollatorForAPO(DataCollatorMixin):
 def pad_candidates(values: list[torch.Tensor], fill: float = 0.0) -> torch.Tensor:
     """Stack 1-D tensors of different lengths into ``[n, max_len]`` filled with ``fill``."""
     return pad(values, padding_value=fill, padding_side="right")
+
+
+@dataclass
+class SFTTruncationGuard:
+    """Truncation for the SFT (learn) stage on image rows that never cuts image tokens and never silently cuts
+    answers.
+
+    Wraps TRL's ``DataCollatorForVisionLanguageModeling`` run *without* truncation (the processor would cut the
+    tokenized text, image tokens included -- the forward then fails, or the row's answer is lost unnoticed), then
+    cuts each batch to ``max_length`` itself: a row whose image tokens (or, with assistant-only loss, whose
+    prompt) do not fit is a :class:`~cxr_max.errors.DataError` naming the row; longer rows lose the end of their
+    answer, each one is counted, and past ``max_truncated_share`` of the rows seen (from the 50th on) the guard
+    raises. See :func:`cxr_max.training.recipe_utils.guard_sft_truncation`.
+    """
+
+    collator: Any
+    max_length: int
+    max_truncated_share: float = 0.02
+    image_token_id: int | None = None
+    truncated: int = field(default=0, init=False)
+    sequences: int = field(default=0, init=False)
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collator(examples)
+        mask = batch["attention_mask"]
+        lengths = mask.sum(dim=1)
+        self.sequences += len(lengths)
+        if batch["input_ids"].shape[1] <= self.max_length:
+            return batch
+        ids = batch["input_ids"]
+        image = batch["mm_token_type_ids"] != 0 if "mm_token_type_ids" in batch else (
+            ids == self.image_token_id if self.image_token_id is not None else torch.zeros_like(ids, dtype=torch.bool))
+        positions = torch.arange(ids.shape[1]).expand_as(ids)
+        last_image = torch.where(image, positions, torch.full_like(positions, -1)).max(dim=1).values
+        supervised = batch["labels"] != -100
+        first_answer = torch.where(supervised.any(dim=1), supervised.float().argmax(dim=1), lengths)
+        for b in range(len(lengths)):
+            if last_image[b] >= self.max_length or (bool(supervised[b].any()) and first_answer[b] >= self.max_length
+                                                    and not bool(supervised[b, 0])):
+                raise DataError(
+                    f"row needs {int(max(last_image[b] + 1, first_answer[b] + 1))} tokens before its answer starts "
+                    f"(image tokens included), more than max_length={self.max_length}: truncating would cut image "
+                    "tokens or the whole answer. Bound the image size (the processor's max_pixels) or raise "
+                    "max_length", path="SFT batch", row=b)
+        n_cut = int((lengths > self.max_length).sum())
+        self.truncated += n_cut
+        logger.warning("SFT: %d row(s) in this batch exceed max_length=%d and lost the end of their answer "
+                       "(%d of %d so far)", n_cut, self.max_length, self.truncated, self.sequences)
+        if self.sequences >= 50 and self.truncated > self.max_truncated_share * self.sequences:
+            raise DataError(
+                f"{self.truncated} of {self.sequences} SFT rows exceeded max_length={self.max_length} and lost the end "
+                f"of their answer: more than max_truncated_share={self.max_truncated_share}. Raise max_length, bound "
+                "the image size, or set --max_truncated_share 1.0 to train on cut answers anyway", path="SFT rows")
+        seq_len = ids.shape[1]
+        for key, value in list(batch.items()):
+            if torch.is_tensor(value) and value.dim() == 2 and value.shape[1] == seq_len:
+                batch[key] = value[:, : self.max_length]
+        return batch

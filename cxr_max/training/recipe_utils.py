@@ -382,12 +382,13 @@ def card_data_text(stages: list[dict]) -> tuple[str, list[str]]:
 
 def run_stage(trainer_cls, dataset, training_args, model_args, *, model_path: str, stage: str,
               data: dict | None = None, freeze_vit: bool = True, min_pixels: int | None = None,
-              max_pixels: int | None = None, **trainer_kwargs):
+              max_pixels: int | None = None, max_truncated_share: float = 0.02, **trainer_kwargs):
     """The part every training recipe shares: load, train (resuming if asked), save with lineage, push.
 
     Returns ``(output_dir, trainer)``. ``model_path`` is the checkpoint the stage starts from. ``data``
     (:func:`describe_data`) is recorded in ``training_stages.json``; ``freeze_vit`` goes to :func:`lora_config`;
-    ``min_pixels``/``max_pixels`` to :func:`bound_image_size`.
+    ``min_pixels``/``max_pixels`` to :func:`bound_image_size`; ``max_truncated_share`` to
+    :func:`guard_sft_truncation` (SFT on image rows).
 
     Resuming a full fine-tune loads the policy from the checkpoint (:func:`policy_source`); a preference trainer
     (``trl.DPOTrainer`` and :class:`~cxr_max.training.APOTrainer`) would then copy its reference from that
@@ -407,10 +408,30 @@ def run_stage(trainer_cls, dataset, training_args, model_args, *, model_path: st
         trainer_kwargs["ref_model"] = load_reference(model_path, model, training_args)
     trainer = trainer_cls(model, args=training_args, train_dataset=dataset, processing_class=processing_class,
                           peft_config=peft_config, **trainer_kwargs)
+    guard_sft_truncation(trainer, max_truncated_share)
     trainer.train(resume_from_checkpoint=resume)
     out = save_final(trainer, processing_class, training_args.output_dir, stage=stage, source=model_path, data=data)
     push_if_requested(push, out)
     return out, trainer
+
+
+def guard_sft_truncation(trainer, max_truncated_share: float = 0.02):
+    """Replace the truncation of an ``SFTTrainer``'s vision-language collator with
+    :class:`~cxr_max.training.collator.SFTTruncationGuard` (image tokens never cut, cut answers counted, an
+    error past ``max_truncated_share``). Text-only trainers (truncated when the dataset is prepared) are left
+    as they are. Returns the guard, or ``None``."""
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from cxr_max.training.collator import SFTTruncationGuard
+
+    inner = trainer.data_collator
+    if not isinstance(inner, DataCollatorForVisionLanguageModeling) or inner.max_length is None:
+        return None
+    limit, inner.max_length = inner.max_length, None
+    guard = SFTTruncationGuard(inner, limit, max_truncated_share,
+                               image_token_id=getattr(inner.processor, "image_token_id", None))
+    trainer.data_collator = guard
+    return guard
 
 
 def load_reference(path: str, policy, training_args=None):
