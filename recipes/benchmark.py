@@ -85,7 +85,7 @@ class BenchArguments:
     sweep_seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Training seeds of the sweep."})
     sweep_variants: list[str] = field(default_factory=lambda: ["learn", "apo-uniform", "apo-drift"])
     batch_size: int = field(default=32, metadata={"help": "Generation batch size."})
-    max_new_tokens: int = field(default=160)
+    max_new_tokens: int = field(default=192)
     n_boot: int = field(default=1000, metadata={"help": "Bootstrap resamples per interval."})
     report_only: bool = field(default=False, metadata={"help": "Train nothing: score the students already trained, "
                                                                     "then write the report."})

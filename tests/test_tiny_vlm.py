@@ -1,5 +1,7 @@
 """The offline tiny VLM factory, APO on image rows, and SFT on the tiny student."""
 
+import json
+
 import pytest
 import torch
 from datasets import Dataset
@@ -142,3 +144,32 @@ def test_gpu_benchmark_script_tiny_smoke_mode(tmp_path):
     result = json.loads((tmp_path / "gpu_tiny.json").read_text())
     assert result["tiny"] and set(result["tokens_per_second"]) == {"apo", "dpo_pairwise"}
     assert all(v > 0 for v in result["tokens_per_second"].values())
+
+
+@pytest.mark.slow
+def test_pretrained_vision_tower_is_cached_documented_and_loads(tmp_path, monkeypatch):
+    """The report-supervised tower: built once on another world seed, with a model card, and it drops in."""
+    import torch
+    from safetensors.torch import load_file
+
+    from cxr_max.training.pretrain import PRETRAIN_WORLD_SEED, PretrainOptions, pretrained_tower_for
+    from cxr_max.training.tiny import TinyVLMSpec, tiny_vlm
+
+    monkeypatch.setenv("CXR_MAX_CACHE", str(tmp_path / "cache"))
+    assert PRETRAIN_WORLD_SEED != 0  # never the benchmark's world
+    spec = TinyVLMSpec()
+    options = PretrainOptions(n_patients=16, epochs=1)
+    folder = pretrained_tower_for(spec, options)
+    card = (folder / "README.md").read_text()
+    assert f"world seed {PRETRAIN_WORLD_SEED}" in card and "held out" in card
+    facts = json.loads((folder / "pretraining.json").read_text())
+    assert facts["n_images"] == facts["n_train_images"] + facts["n_held_out_images"] > 0
+    stamp = (folder / "vision.safetensors").stat().st_mtime_ns
+    assert pretrained_tower_for(spec, options) == folder  # cached: not rebuilt
+    assert (folder / "vision.safetensors").stat().st_mtime_ns == stamp
+    state = load_file(str(folder / "vision.safetensors"))
+    model, _ = tiny_vlm(["a b c d"] * 4, spec=spec, vision_init=folder)
+    key = next(k for k in state if k.endswith("patch_embedding.weight"))
+    assert torch.equal(model.model.vision_tower.state_dict()[key], state[key])
+    random_model, _ = tiny_vlm(["a b c d"] * 4, spec=spec)
+    assert not torch.equal(random_model.model.vision_tower.state_dict()[key], state[key])

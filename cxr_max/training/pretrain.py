@@ -196,14 +196,26 @@ def cache_key(vision_config, options: PretrainOptions) -> str:
 def pretrained_vision(vision_config, processor, options: PretrainOptions | None = None,
                       cache: str | Path | None = None) -> Path:
     """The cached pretrained tower for ``vision_config`` (built now when missing); returns its folder."""
-    from safetensors.torch import save_file
+    import fcntl
 
     from cxr_max.synthetic import cache_dir
 
     options = options or PretrainOptions()
     folder = Path(cache or cache_dir() / "pretrained") / cache_key(vision_config, options)
-    if (folder / "vision.safetensors").is_file() and (folder / "README.md").is_file():
-        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two recipes starting at once build it once
+        try:
+            if not ((folder / "vision.safetensors").is_file() and (folder / "README.md").is_file()):
+                _build(folder, vision_config, processor, options)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return folder
+
+
+def _build(folder: Path, vision_config, processor, options: PretrainOptions) -> None:
+    from safetensors.torch import save_file
+
     tower, facts = train_vision(vision_config, processor, options)
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -216,7 +228,6 @@ def pretrained_vision(vision_config, processor, options: PretrainOptions | None 
 
         shutil.rmtree(folder)
     tmp.rename(folder)
-    return folder
 
 
 def model_card(facts: dict) -> str:
