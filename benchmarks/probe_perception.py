@@ -179,8 +179,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--patch-size", type=int, default=16, help="patch size of the vit probe")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3 cnn, 1e-3 vit)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default benchmarks/results/perception.json (cnn) or perception_vit.json (vit)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = RESULTS if args.arch == "cnn" else RESULTS.with_name("perception_vit.json")
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     x, y, split, domain = frontal_images(args.world_seed, args.patients, args.size)

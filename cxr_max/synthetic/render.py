@@ -130,11 +130,11 @@ def _frontal(sev: dict[str, float], anatomy: dict[str, float], view: str, rng: n
             continue
         m, cx, cy, rx, ry = lungs[side]
         bx, by = cx + s * 0.02, 0.1 + 0.1 * anatomy["rib_phase"]
-        r = 0.1 + 0.16 * k
+        r = 0.12 + 0.16 * k
         d = ((x - bx) / (r * 0.95)) ** 2 + ((y - by) / (r * 1.15)) ** 2
         blob = _sig((1 - d) / 0.25)
-        patch = np.clip(0.7 + 0.45 * _smooth_noise(rng, n, 18), 0.2, 1.3)
-        img += (0.06 + 0.34 * k) * blob * patch * m
+        patch = np.clip(0.75 + 0.35 * _smooth_noise(rng, n, 18), 0.3, 1.3)
+        img += (0.08 + 0.34 * k) * blob * patch * m
     # Edema: bilateral perihilar haze with coarse interstitial texture.
     ed = sev["edema"]
     if ed > 0:

@@ -531,7 +531,10 @@ def claims_panel(truths: Sequence[ImageTruth], claims: Mapping[str, Sequence[tup
     """
     import numpy as np
 
-    from cxr_max.drift.findings import _SIDE_CODE, _VALUE_CODE, Panel
+    from cxr_max.drift.findings import LABEL_VALUES, SIDES, Panel
+
+    value_code = {v: i for i, v in enumerate(LABEL_VALUES)}
+    side_code = {v: i for i, v in enumerate(SIDES)}
 
     names = sorted(claims)
     n, t_n, k_n = len(truths), len(names), len(CHEXPERT_LABELS)
@@ -546,8 +549,8 @@ def claims_panel(truths: Sequence[ImageTruth], claims: Mapping[str, Sequence[tup
             refused[i, t] = ref
             if ref:
                 continue
-            labels[i, t] = [_VALUE_CODE[lab.get(f)] for f in CHEXPERT_LABELS]
-            side[i, t] = [_SIDE_CODE[lat.get(f)] for f in LATERAL_FINDINGS]
+            labels[i, t] = [value_code[lab.get(f)] for f in CHEXPERT_LABELS]
+            side[i, t] = [side_code[lat.get(f)] for f in LATERAL_FINDINGS]
     empty = ~refused & (labels == 0).all(axis=2)
     ids = np.array([x.dicom_id for x in truths], dtype=object)
     return Panel(dicom_id=ids, subject_id=np.array([x.subject_id for x in truths], dtype=object),
