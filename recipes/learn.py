@@ -64,7 +64,7 @@ class LearnArguments:
                                          "pretrained on a separate synthetic cohort (cxr_max.training.pretrain; "
                                          "built once, cached)."})
     tiny_pretrain_patients: int = field(default=700, metadata={"help": "Tiny student: patients of that cohort."})
-    tiny_pretrain_epochs: int = field(default=40, metadata={"help": "Tiny student: epochs of that pretraining."})
+    tiny_pretrain_epochs: int = field(default=30, metadata={"help": "Tiny student: epochs of that pretraining."})
     tiny_vision_hidden: int = field(default=96, metadata={"help": "Tiny student: vision tower width."})
     tiny_vision_layers: int = field(default=3, metadata={"help": "Tiny student: vision tower depth."})
     tiny_text_hidden: int = field(default=96, metadata={"help": "Tiny student: language model width."})
