@@ -129,11 +129,13 @@ def _children(ps) -> list:
         return []
 
 
-def full_scale(out: dict) -> None:
+def full_scale(out: dict, root: str | None = None) -> None:
     from cxr_max.synthetic import ensure_synthetic
 
     t0 = time.perf_counter()
-    root = Path(ensure_synthetic(n_images=FULL_IMAGES, pixels="none", teachers=False))
+    # --full-root: an existing full-scale world (its pixel-free tables, reports and trajectories do not depend
+    # on the renderer, so a world of an earlier format version measures the builder the same way)
+    root = Path(root) if root else Path(ensure_synthetic(n_images=FULL_IMAGES, pixels="none", teachers=False))
     jpg_root, dicom_root, traj, n_traj = full_scale_copy(root)
     print(f"full-scale root {root}: {FULL_IMAGES} images in the metadata, {N_IMAGES} on disk, {n_traj} trajectories "
           f"({time.perf_counter() - t0:.0f} s to make or find)")
@@ -157,6 +159,7 @@ def full_scale(out: dict) -> None:
         "cpu_count": os.cpu_count(),
         "load_average_at_end": os.getloadavg(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "world": root.name,
     }
 
 
@@ -220,10 +223,11 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/builder.json")
     ap.add_argument("--full-scale", action="store_true", help="also measure at full MIMIC-CXR-JPG scale (see above)")
     ap.add_argument("--only-full-scale", action="store_true", help="only the full-scale measurement")
+    ap.add_argument("--full-root", default=None, help="an existing full-scale synthetic world to measure on")
     args = ap.parse_args()
     previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
     if args.only_full_scale:
-        full_scale(previous)
+        full_scale(previous, args.full_root)
         Path(args.out).write_text(json.dumps(previous, indent=2))
         print(f"written {args.out}")
         return
@@ -273,7 +277,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
     }
     if args.full_scale:
-        full_scale(result)
+        full_scale(result, args.full_root)
     elif "full_scale" in previous:  # kept from the last --full-scale run (it has its own measured_at)
         result["full_scale"] = previous["full_scale"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
