@@ -30,6 +30,7 @@ by ``DPOTrainer.__init__``), ``_precompute_model_hash`` and ``_precompute_engine
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -397,7 +398,7 @@ class APOTrainer(DPOTrainer):
                 progress.advance(task)
         values = [row[:n] for row, n in zip(rows, counts)]
         for i, row in zip(indices, values):
-            bad = [j for j, v in enumerate(row) if not torch.isfinite(torch.tensor(v))]
+            bad = [j for j, v in enumerate(row) if not math.isfinite(v)]
             if bad:
                 raise FloatingPointError(
                     f"reference log-prob of candidate {bad[0]} (0 = chosen) is {row[bad[0]]} in {name} dataset row "
