@@ -52,6 +52,7 @@ def test_validate_reports_each_real_copy_problem_with_a_count_and_an_example(tmp
     truth = load_truth(world)
     jpg = tmp_path / "copy" / "mimic-cxr-jpg"
     shutil.copytree(world / "mimic-cxr-jpg", jpg)
+    (jpg / "mimic-cxr-2.1.0-test-set-labeled.csv").unlink()  # a MIMIC-CXR-JPG 2.0.0 copy: no radiologist labels
     dcm = tmp_path / "copy" / "mimic-cxr"
     dcm.mkdir()
     with tarfile.open(dcm / "mimic-cxr-reports.tar.gz", "w:gz") as tf:
