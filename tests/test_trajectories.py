@@ -188,3 +188,16 @@ def test_files_are_read_in_batches_with_their_line_numbers(tmp_path):
                    row_group_size=2)
     parts = list(iter_trajectory_batches(tmp_path / "t.parquet", batch_rows=2))
     assert len(parts) == 4 and [r for b in parts for r in b["_row"].to_pylist()] == list(range(1, 8))
+
+
+def test_parquet_shards_written_before_the_system_field_still_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cxr_max.drift.io import read_trajectories as drift_read
+    from cxr_max.trajectories.schema import ARROW_SCHEMA
+
+    old = pa.Table.from_pylist([normalize_record(dict(EXAMPLE_RECORD))], schema=ARROW_SCHEMA).drop_columns(["system"])
+    pq.write_table(old, tmp_path / "old.parquet")
+    assert drift_read(tmp_path / "old.parquet")["system"].to_pylist() == [None]
+    assert read_trajectories(tmp_path / "old.parquet")["system"].to_pylist() == [None]

@@ -52,7 +52,9 @@ def read_trajectories(path: str | Path, *, on_error: OnError = "raise", skips: S
     for f in files:
         try:
             if f.suffix == ".parquet":
-                t = pq.read_table(f).select(ARROW_SCHEMA.names).cast(ARROW_SCHEMA)
+                from cxr_max.trajectories.io import canonical_columns  # older shards lack later optional fields
+
+                t = canonical_columns(pq.read_table(f))
             else:
                 t = pajson.read_json(f, parse_options=opts)
         except (pa.ArrowInvalid, KeyError) as e:

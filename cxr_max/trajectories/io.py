@@ -718,6 +718,18 @@ def read_trajectories(
     return table if keep_bookkeeping else drop_bookkeeping(table)
 
 
+def canonical_columns(table: pa.Table) -> pa.Table:
+    """A table in :data:`ARROW_SCHEMA`'s columns and types; optional fields it lacks (e.g. ``system``,
+    added after older files were written) become nulls. A missing required field raises KeyError."""
+    missing = [f for f in REQUIRED if f not in table.column_names]
+    if missing:
+        raise KeyError(f"missing required column(s) {missing}")
+    for field in ARROW_SCHEMA:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(list(FIELDS)).cast(ARROW_SCHEMA)
+
+
 def drop_bookkeeping(table: pa.Table) -> pa.Table:
     return table.drop_columns([c for c in BOOKKEEPING if c in table.column_names])
 
