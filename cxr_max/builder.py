@@ -761,15 +761,7 @@ class CxrMax(datasets.ArrowBasedBuilder):
             except FileExistsError:
                 mine = False
             if mine:
-                routed = self._parse_and_route(path, plan)
-                empty = None
-                for s, bounds in plan.items():
-                    for k in range(len(bounds) + 1):
-                        part = routed.get((s, k))
-                        if part is None:
-                            empty = empty if empty is not None else self._joined_schema().empty_table()
-                            part = empty
-                        _write_ipc(self._spill_file(path, f"{s}#{k}"), part)
+                self._spill_all(path, plan)
                 done.touch()
             else:
                 import time
@@ -785,16 +777,43 @@ class CxrMax(datasets.ArrowBasedBuilder):
             target.unlink()
             return table
         # Already consumed: a second pass over a streamed split reads the file again.
-        return self._parse_and_route(path, plan).get((split, shard))
+        parts = [part for key, part in self._routed_batches(path, plan) if key == (split, shard)]
+        return pa.concat_tables(parts) if parts else None
+
+    def _spill_all(self, path: str, plan: dict[str, list[str]]) -> None:
+        """Parse one file batch by batch and append each batch's rows to its shard's Arrow file: memory is
+        bounded by a batch, not by the file. Every shard gets a file (empty when no row is its)."""
+        schema = self._joined_schema()
+        writers: dict[tuple[str, int], Any] = {}
+        sinks: list = []
+        tmp = {key: self._spill_file(path, f"{key[0]}#{key[1]}").with_suffix(f".{os.getpid()}.tmp")
+               for key in ((s, k) for s, b in plan.items() for k in range(len(b) + 1))}
+        try:
+            for key, part in self._routed_batches(path, plan):
+                if key not in writers:
+                    sink = pa.OSFile(str(tmp[key]), "wb")
+                    sinks.append(sink)
+                    writers[key] = pa.ipc.new_file(sink, schema)
+                writers[key].write_table(part.cast(schema))
+            for key, target in tmp.items():
+                if key not in writers:
+                    sink = pa.OSFile(str(target), "wb")
+                    sinks.append(sink)
+                    writers[key] = pa.ipc.new_file(sink, schema)
+        finally:
+            for w in writers.values():
+                w.close()
+            for sink in sinks:
+                sink.close()
+        for key, target in tmp.items():
+            os.replace(target, self._spill_file(path, f"{key[0]}#{key[1]}"))
 
     def _joined_schema(self) -> pa.Schema:
-        img = self._image_index().schema
         return FULL_SCHEMA.append(pa.field("__pos", pa.int32()))
 
-    def _parse_and_route(self, path: str, plan: dict[str, list[str]]) -> dict[tuple[str, int], pa.Table]:
-        """Read one trajectory file (streamed in batches), join its rows to the images, cut by (split, shard)."""
+    def _routed_batches(self, path: str, plan: dict[str, list[str]]) -> Iterator[tuple[tuple[str, int], pa.Table]]:
+        """Read one trajectory file in batches, join its rows to the images, cut by (split, shard)."""
         cfg = self.config
-        out: dict[tuple[str, int], list[pa.Table]] = collections.defaultdict(list)
         for batch in iter_trajectory_batches(path, mapping=cfg.mapping, adapter=cfg.adapter, on_error=cfg.on_error,
                                              skips=self._skips):
             if cfg.adapter or cfg.mapping:
@@ -814,13 +833,12 @@ class CxrMax(datasets.ArrowBasedBuilder):
                     continue
                 part = joined.filter(in_split)
                 if not bounds:
-                    out[(s, 0)].append(part)
+                    yield (s, 0), part
                     continue
                 dicom = part.column("dicom_id").to_numpy(zero_copy_only=False).astype(str)
                 shard_of = np.searchsorted(np.asarray(bounds, dtype=str), dicom, side="right")
                 for k in np.unique(shard_of):
-                    out[(s, int(k))].append(part.filter(pa.array(shard_of == k)))
-        return {key: pa.concat_tables(parts) for key, parts in out.items()}
+                    yield (s, int(k)), part.filter(pa.array(shard_of == k))
 
     def _select_records(self, table: pa.Table, img: pa.Table) -> tuple[pa.Table, pa.Table]:
         """Duplicates (all copies of a key are in this shard), failed requests, teacher/task/refusal filters."""
