@@ -14,6 +14,7 @@ bootstrap interval over images, whose mean bounds are shown beside. The checks c
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,10 @@ def seed_summary(recs: Mapping[str, Any], findings: Sequence[str], part: str = "
                     highs.append(r[part][f][m]["ci_high"])
                 except (KeyError, TypeError):
                     pass
-            cell["boot_low"] = float(np.nanmean(lows)) if lows else float("nan")
-            cell["boot_high"] = float(np.nanmean(highs)) if highs else float("nan")
+            with warnings.catch_warnings():  # a finding without positives has NaN bounds in every seed
+                warnings.simplefilter("ignore", RuntimeWarning)
+                cell["boot_low"] = float(np.nanmean(lows)) if lows else float("nan")
+                cell["boot_high"] = float(np.nanmean(highs)) if highs else float("nan")
             out[f][m] = cell
     return out
 
