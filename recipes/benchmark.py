@@ -48,6 +48,7 @@ VARIANTS = ("learn", "dpo", "apo-uniform", "apo-drift", "apo-positive", "apo-neg
 # Which preference file each preference-trained variant reads.
 PREFERENCES = {"dpo": "uniform", "apo-uniform": "uniform", "apo-drift": "drift", "apo-positive": "positive",
                "apo-negative": "negative"}
+RESULTS_FORMAT = "drift-benchmark/2"  # results.json of another layout is started over, never mixed in
 # Teacher mixes of the robustness sweep: three teachers each, a growing share with planted stream drift.
 MIXES: dict[str, tuple[str, ...]] = {
     "0/3 drifting": ("sim-glm-4.5v", "sim-sonnet-4", "sim-gpt-5-nano"),
@@ -137,6 +138,8 @@ class Bench:
         self.truth = load_truth(self.root)
         self.results_path = self.res / "results.json"
         self.results = json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
+        if self.results.get("format") != RESULTS_FORMAT:  # another benchmark version's results: not mixed in
+            self.results = {"format": RESULTS_FORMAT}
         self.results["settings"] = asdict(a)
         self.results.setdefault("timings_s", {})
         self.results.setdefault("budget", {})
