@@ -2,14 +2,19 @@
 
 Convention: radiographic (PA) orientation, so the patient's LEFT is on the IMAGE RIGHT (x > 0). Values are
 float32 in [0, 1], bright = dense (bone, fluid, heart), dark = air. Every finding's contrast grows with its
-severity and starts near the noise floor, so findings near the reporting threshold are subtle:
+severity and starts near the noise floor, so findings near the reporting threshold are subtle; the hard
+ones (consolidation, pneumothorax, atelectasis) are regions large enough to survive a 64 px downsample:
 
 - cardiomegaly: heart half-width 0.22 + 0.17 * severity (half-width, image units; AP views magnify 8 %);
 - pleural effusion (side): basal opacity whose top is a meniscus rising laterally, height ~ severity;
-- consolidation (side): patchy textured opacity in the lower/mid zone, size and density ~ severity;
-- pneumothorax (side): lateral apical rim without lung markings, darker, bounded by a thin pleural line;
+- consolidation (side): a dense, patchy, well-defined opacity in the mid/lower zone that spares the
+  costophrenic angle (unlike an effusion), radius 0.12 + 0.16 * severity, density 0.08 + 0.34 * severity;
+- pneumothorax (side): the lung edge pulled away from the chest wall from the apex down to the mid zone, the
+  gap air-dark without lung markings (a quarter to two thirds of the lung's width at the apex, narrower
+  below), a denser collapsing lung medial to it and a pleural line at the edge;
 - edema: bilateral perihilar haze with coarse interstitial texture;
-- atelectasis (side): oblique plate-like band at the lung base;
+- atelectasis (side): a thick oblique plate-like band in the lower zone plus volume loss (the hemidiaphragm
+  below it raised: a convex dome, unlike an effusion's concave meniscus rising laterally);
 - support devices: 1-3 of endotracheal tube, right jugular central line, left chest pacemaker with lead.
 
 The "shifted" domain imitates another hospital: different gamma and contrast, stronger noise, collimation
