@@ -1,4 +1,4 @@
-"""Can a small model see the synthetic findings? A CNN trained on the TRUE labels of synthetic frontal images.
+"""Can a small model see the synthetic findings? A probe trained on the TRUE labels of synthetic frontal images.
 
 This is the perceptual ceiling of the synthetic world at the student's resolution: if a small CNN
 trained on the ground truth cannot read a finding from the pixels, no student distilled from teachers
@@ -6,15 +6,19 @@ can. The world's frontal images (PA and AP, both domains) are rendered exactly a
 them (same generator seeds, ``DEFAULT_IMAGE_SIZE`` pixels, JPEG quality 92), then resized to ``--size``
 pixels with bicubic interpolation, as the tiny student's image processor does.
 
+Two probes: ``--arch cnn`` (default), a small CNN; ``--arch vit``, the tiny student's own vision tower
+(``cxr_max.training.tiny.vision_config``, random init) with a linear head on its mean token.
+
 Labels are the report's statements (``ImageTruth.labels``): a finding is positive when stated (1.0,
 severity >= 0.35) and negative when negated or not mentioned; hedged images (-1.0, severity 0.2-0.35)
 are left out of that finding, in training (masked loss) and in scoring, like the student's scoring in
 ``cxr_max.evaluation.predict``. Train = the train split's patients, test = validate + test patients
 (patient-disjoint). Balanced accuracy per finding (mean of sensitivity and specificity; majority = 0.5)
-at the threshold 0.5 of the sigmoid output, overall and per domain. Seeded; ~2-4 minutes on one CPU
-thread at the defaults.
+at the threshold 0.5 of the sigmoid output, overall and per domain. Seeded; ~3-5 minutes on one CPU
+thread at the defaults (measured on a loaded 2-core machine).
 
     python benchmarks/probe_perception.py                # 64 px, writes benchmarks/results/perception.json
+    python benchmarks/probe_perception.py --arch vit     # the student's tower, writes perception_vit.json
     python benchmarks/probe_perception.py --size 128 --out /tmp/p128.json
 """
 
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--patients", type=int, default=900, help="patients in the probe's world")
     ap.add_argument("--world-seed", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0, help="training seed")
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=None, help="default 20 (cnn) or 40 (vit)")
     ap.add_argument("--arch", choices=("cnn", "vit"), default="cnn",
                     help="cnn: a small CNN; vit: the tiny student's vision tower (16 px patches by default)")
     ap.add_argument("--patch-size", type=int, default=16, help="patch size of the vit probe")
@@ -182,6 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=None,
                     help="default benchmarks/results/perception.json (cnn) or perception_vit.json (vit)")
     args = ap.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = 20 if args.arch == "cnn" else 40
     if args.out is None:
         args.out = RESULTS if args.arch == "cnn" else RESULTS.with_name("perception_vit.json")
     torch.set_num_threads(args.threads)
