@@ -40,6 +40,7 @@ from cxr_max.training.recipe_utils import (  # noqa: E402
     drop_refusals,
     load_rows,
     require_data_location,
+    resolve_resume,
     run_stage,
     trajectory_texts,
 )
@@ -89,6 +90,7 @@ class LearnArguments:
 def main(script_args: LearnArguments, training_args: SFTConfig, model_args: ModelConfig, dataset=None) -> str:
     """Run SFT; returns the folder of the trained student (also printed)."""
     cpu_safe(training_args)
+    resolve_resume(training_args)  # a missing checkpoint stops here, before any student is built or pretrained
     skips = SkipLog()
     if dataset is None:
         require_data_location(script_args.require_data, "learn", data_dir=script_args.data_dir,

@@ -58,7 +58,8 @@ def test_learn_then_critique_then_dpo_in_process_with_resume(tmp_path, capsys, c
     out = tmp_path / "learn"
     script, args, model = _parse(learn, CONFIGS / "learn_tiny.yaml", "--output_dir", str(out), "--max_steps", "2",
                                  "--save_steps", "1", "--per_device_train_batch_size", "4", "--logging_steps", "1",
-                                 "--tiny_image_size", "32", "--tiny_vocab_size", "400")
+                                 "--tiny_image_size", "32", "--tiny_vocab_size", "400",
+                                 "--tiny_vision_pretrained", "false")  # plumbing test: no tower pretraining
     learn.main(script, args, model, dataset=sft)
     printed = capsys.readouterr().out
     assert f"saved the student to {out}" in printed and "refusal" in printed
@@ -66,7 +67,7 @@ def test_learn_then_critique_then_dpo_in_process_with_resume(tmp_path, capsys, c
     # resume: two more steps from the last checkpoint
     script, args, model = _parse(learn, CONFIGS / "learn_tiny.yaml", "--output_dir", str(out), "--max_steps", "4",
                                  "--save_steps", "1", "--per_device_train_batch_size", "4", "--logging_steps", "1",
-                                 "--resume_from_checkpoint", "last")
+                                 "--resume_from_checkpoint", "last", "--tiny_vision_pretrained", "false")
     caplog.clear()
     learn.main(script, args, model, dataset=sft)
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
