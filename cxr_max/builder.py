@@ -243,6 +243,7 @@ def features_for(name: str, cfg: CxrMaxConfig) -> datasets.Features:
                 "rejected": datasets.List(datasets.List(_MESSAGE)),
                 "rejected_teachers": datasets.List(datasets.Value("string")),
                 "rejected_weights": datasets.List(datasets.Value("float32")),
+                "rejected_agreement": datasets.List(datasets.Value("float32")),
                 **_IDS,
                 "consensus_method": datasets.Value("string"),
                 "consensus_confidence": datasets.Value("float32"),
@@ -1015,6 +1016,8 @@ class CxrMax(datasets.ArrowBasedBuilder):
             [[[{"role": "assistant", "content": [{"type": "text", "text": t}]}] for t in r["rejected"]] for r in rows_kept]
         )
         weights = [r.get("rejected_weights") or [1.0] * len(r["rejected"]) for r in rows_kept]
+        # each negative's agreement with the consensus (null where unknown): what ranking="full" orders by
+        agreement = [r.get("rejected_agreement") or [None] * len(r["rejected"]) for r in rows_kept]
         images = pa.ListArray.from_arrays(
             pa.array(np.arange(img.num_rows + 1, dtype=np.int32)), _image_column(img.column("image_path"), self.config)
         )
@@ -1023,6 +1026,7 @@ class CxrMax(datasets.ArrowBasedBuilder):
                 "images": images, "prompt": prompt, "chosen": chosen, "rejected": rejected,
                 "rejected_teachers": pa.array([r["rejected_teachers"] for r in rows_kept], pa.list_(pa.string())),
                 "rejected_weights": pa.array(weights, pa.list_(pa.float32())),
+                "rejected_agreement": pa.array(agreement, pa.list_(pa.float32())),
                 "subject_id": img.column("subject_id"), "study_id": img.column("study_id"), "dicom_id": img.column("dicom_id"),
                 "consensus_method": pa.array([r.get("consensus_method") for r in rows_kept], pa.string()),
                 "consensus_confidence": pa.array([r.get("consensus_confidence") for r in rows_kept], pa.float32()),
@@ -1087,6 +1091,9 @@ def _preference_problem(r: dict) -> str | None:
     w = r.get("rejected_weights")
     if w is not None and len(w) != len(r["rejected"]):
         return "rejected_weights and rejected have different lengths"
+    a = r.get("rejected_agreement")
+    if a is not None and len(a) != len(r["rejected"]):
+        return "rejected_agreement and rejected have different lengths"
     return None
 
 

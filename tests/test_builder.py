@@ -15,6 +15,8 @@ import pytest
 import cxr_max
 from cxr_max.builder import CONFIG_NAMES, CxrMax
 from cxr_max.errors import DataError
+from cxr_max.training import APOConfig
+from cxr_max.training.apo_trainer import validate_apo_rows
 from cxr_max.labels import CHEXPERT_LABELS
 from cxr_max.synthetic import SIM_TEACHERS, load_truth
 
@@ -136,13 +138,20 @@ def test_apo_config_joins_preferences(synthetic_root, tmp_path):
                 "prompt": "This is a patient's chest DR image <image>. Please help me determine the patient's disease.",
                 "chosen": "<think> a </think>The disease of this patient is edema.",
                 "rejected": ["<think> b </think>x", "<think> c </think>y"], "rejected_teachers": ["t1", "t2"],
-                "rejected_weights": [1.0, 2.0], "consensus_method": "vote", "consensus_confidence": 0.9}) + "\n")
+                "rejected_weights": [1.0, 2.0], "rejected_agreement": [0.25, 0.75],
+                "consensus_method": "vote", "consensus_confidence": 0.9}) + "\n")
     ds = cxr_max.load_dataset("apo", split="train", preferences=str(prefs), cache_dir=str(tmp_path / "hf"))
     assert ds.num_rows == 3
     row = ds[0]
     assert row["prompt"][0]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
     assert len(row["rejected"]) == 2 and row["rejected_weights"] == [1.0, 2.0]
     assert row["images"][0].mode == "RGB"
+    # the compare stage's agreement reaches the rows, so ranking="full" can order the negatives by it
+    assert row["rejected_agreement"] == [0.25, 0.75]
+    args = APOConfig(output_dir=str(tmp_path / "o"), ranking="full", full_ranking_by="rejected_agreement",
+                     use_cpu=True, bf16=False, report_to=[])
+    fixed = validate_apo_rows(ds.remove_columns("images").select(range(1)), args)[0]
+    assert fixed["rejected_teachers"] == ["t2", "t1"] and fixed["rejected_weights"] == [2.0, 1.0]
 
 
 # ---------------------------------------------------------------------------------------------
