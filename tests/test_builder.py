@@ -152,6 +152,10 @@ def test_apo_config_joins_preferences(synthetic_root, tmp_path):
                      use_cpu=True, bf16=False, report_to=[])
     fixed = validate_apo_rows(ds.remove_columns("images").select(range(1)), args)[0]
     assert fixed["rejected_teachers"] == ["t2", "t1"] and fixed["rejected_weights"] == [2.0, 1.0]
+    # a row whose agreement is unknown cannot be ranked: an error naming the row, not the given order
+    unknown = ds.remove_columns("images").select(range(1)).map(lambda r: {"rejected_agreement": [None, None]})
+    with pytest.raises(DataError, match="row 0.*rejected_agreement|rejected_agreement.*row 0"):
+        validate_apo_rows(unknown, args)
 
 
 # ---------------------------------------------------------------------------------------------

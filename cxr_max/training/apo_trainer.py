@@ -126,6 +126,9 @@ def validate_apo_rows(dataset: Dataset | IterableDataset, args: APOConfig, name:
                 skips.add("negative identical to the positive (negative dropped)", f"{where}:{idx}")
             if not keep:
                 problem = "every negative is identical to the positive"
+            elif order_by_agreement and all(a is None or a != a for a in (row.get("rejected_agreement") or [])):
+                problem = ("ranking='full' orders negatives by rejected_agreement, but this row has none "
+                           "(set full_ranking_by='given' if the negatives are already ordered)")
             elif len(keep) > args.max_negatives and not args.truncate_negatives:
                 problem = (f"row has {len(keep)} negatives, more than max_negatives={args.max_negatives} "
                            "(set truncate_negatives=True to keep the first max_negatives)")
