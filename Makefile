@@ -50,7 +50,8 @@ bench: $(STAMP)
 bench-builder: $(STAMP)
 	$(BIN)/python builders/bench_builder.py
 
-# The drift benchmark: teachers vs learn-only vs pairwise DPO vs APO (about half an hour on 2 CPU cores).
+# The drift benchmark: teachers, consensus, learn-only, pairwise DPO, APO, controls and the oracle over 3 seeds
+# (measured: about 90 min of stage time on the shared 2-core machine; see the README).
 bench-science: $(STAMP)
 	$(BIN)/python recipes/benchmark.py
 

@@ -169,6 +169,10 @@ def test_summary_checks_oracle_controls_and_disagreements(tmp_path):
         "timings_s": {"x": 60.0},
     }
     s = bench_report.write_report(results, tmp_path, findings=F)
+    assert (tmp_path / "balanced_accuracy.png").stat().st_size > 1000
+    bars = bench_report.plot_rows(results, s, findings=F)
+    assert bars["best teacher (per finding)"]["Cardiomegaly"]["value"] == pytest.approx(0.75)  # t2, not t1
+    assert bars["student: oracle"]["Edema"]["value"] == pytest.approx(0.90)
     assert s["best_teacher"]["Edema"] == {"teacher": "t1", "balanced_accuracy": 0.80}
     om = s["checks"]["oracle_margin"]
     assert om["per_finding"]["Edema"] == pytest.approx(0.10)
@@ -186,3 +190,20 @@ def test_summary_checks_oracle_controls_and_disagreements(tmp_path):
     assert "| consensus (vote) | .85 | .80 | .82 |" in md
     assert "missed on Cardiomegaly" in md
     assert "| **student, learn only (2 seeds)** | .61 | .60 | .60 |" in md
+
+
+def test_plots_never_switch_the_callers_backend(tmp_path):
+    """Library plots use matplotlib's Figure API: a notebook's backend (here svg) is left as it was."""
+    import matplotlib
+
+    from cxr_max.evaluation.plots import plot_finding_bars
+
+    before = matplotlib.get_backend()
+    try:
+        matplotlib.use("svg", force=True)
+        cell = {"value": 0.7, "ci_low": 0.6, "ci_high": 0.8}
+        plot_finding_bars({"m": {"Edema": cell, "Avg": cell}}, tmp_path / "b.png", findings=("Edema",))
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        matplotlib.use(before, force=True)

@@ -24,17 +24,14 @@ from cxr_max.labels import CHEXPERT_LABELS
 
 
 def _plots(report: dict[str, Any], pairwise: np.ndarray, out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cxr_max.evaluation.plots import figure
 
     teachers = list(report["teachers"])
     short = [t.replace("sim-", "") for t in teachers]
     n_t = len(teachers)
     written = []
 
-    fig, axes = plt.subplots(3, 5, figsize=(20, 12.5))
+    fig, axes = figure(3, 5, figsize=(20, 12.5))
     for k, ax in enumerate(axes.flat):
         if k >= len(CHEXPERT_LABELS):
             ax.axis("off")
@@ -46,14 +43,13 @@ def _plots(report: dict[str, Any], pairwise: np.ndarray, out: Path) -> list[str]
     fig.colorbar(im, ax=axes, shrink=0.6, label="share of images with the same call")
     fig.suptitle("Teacher x teacher agreement per finding")
     fig.savefig(out / "agreement_matrix.png", dpi=80)
-    plt.close(fig)
     written.append("agreement_matrix.png")
 
     edges = np.asarray(report["window_edges"])
     mids = (edges[:-1] + edges[1:]) / 2
     cols = 2
     rows = math.ceil(n_t / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(12, 2.6 * rows), squeeze=False, sharex=True)
+    fig, axes = figure(rows, cols, figsize=(12, 2.6 * rows), squeeze=False, sharex=True)
     for ax, name in zip(axes.flat, teachers):
         info = report["teachers"][name]
         y = np.array([np.nan if v is None else v for v in info["window_agreement"]], dtype=float)
@@ -76,10 +72,9 @@ def _plots(report: dict[str, Any], pairwise: np.ndarray, out: Path) -> list[str]
     fig.supylabel("agreement with consensus")
     fig.tight_layout()
     fig.savefig(out / "agreement_over_stream.png", dpi=80)
-    plt.close(fig)
     written.append("agreement_over_stream.png")
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (a1, a2) = figure(1, 2, figsize=(12, 4))
     a1.bar(short, [report["teachers"][t]["refusal_rate"] or 0.0 for t in teachers], color="tab:red")
     a1.set_title("refusal rate")
     a2.bar(short, [report["teachers"][t]["verbosity_mean"] or 0.0 for t in teachers], color="tab:blue")
@@ -88,7 +83,6 @@ def _plots(report: dict[str, Any], pairwise: np.ndarray, out: Path) -> list[str]
         ax.tick_params(axis="x", rotation=60, labelsize=8)
     fig.tight_layout()
     fig.savefig(out / "refusal_verbosity.png", dpi=80)
-    plt.close(fig)
     written.append("refusal_verbosity.png")
     return written
 

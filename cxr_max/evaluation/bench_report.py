@@ -245,9 +245,35 @@ def markdown(results: Mapping[str, Any], s: Mapping[str, Any], findings: Sequenc
     return "\n".join(out) + "\n"
 
 
+def plot_rows(results: Mapping[str, Any], s: Mapping[str, Any], findings: Sequence[str] = TABLE_FINDINGS) -> dict:
+    """The bars of ``balanced_accuracy.png``: best teacher, consensus, majority (one value each; the best
+    teacher is taken per finding) and each student (seed mean with its t-interval over seeds)."""
+    cols = list(findings) + ["Avg"]
+    one = lambda v: {"value": v, "ci_low": v, "ci_high": v}  # noqa: E731
+    rows: dict[str, dict] = {}
+    if s.get("best_teacher"):
+        rows["best teacher (per finding)"] = {c: one(s["best_teacher"][c]["balanced_accuracy"]) for c in cols}
+    for method, rec in results.get("consensus", {}).items():
+        rows[f"consensus ({method})"] = {c: one(_value(rec, c)) for c in cols}
+    if "majority" in results:
+        rows["majority answer"] = {c: one(_value(results["majority"], c)) for c in cols}
+    for v in LABELS:
+        if v in s["students"]:
+            g = s["students"][v]["generated"]
+            rows[f"student: {v}"] = {c: g[c]["balanced_accuracy"] for c in cols}
+    return rows
+
+
 def write_report(results: Mapping[str, Any], out_dir: str | Path, findings: Sequence[str] = TABLE_FINDINGS) -> dict:
-    """Write ``results.md`` under ``out_dir``; returns the summary dict."""
+    """Write ``results.md`` and ``balanced_accuracy.png`` under ``out_dir``; returns the summary dict."""
+    from cxr_max.evaluation.plots import plot_finding_bars
+
     s = summarize(results, findings)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / "results.md").write_text(markdown(results, s, findings))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(markdown(results, s, findings))
+    rows = plot_rows(results, s, findings)
+    if rows:
+        plot_finding_bars(rows, out / "balanced_accuracy.png", findings=findings, ylabel="balanced accuracy",
+                          title="Balanced accuracy per finding (students: seed mean, t-interval over seeds)")
     return s

@@ -1,7 +1,8 @@
 """PNG charts for evaluation results: per-finding bars with intervals, and one-number-per-model charts.
 
 Every function takes ``{"value", "ci_low", "ci_high"}`` dicts (what :mod:`cxr_max.evaluation.runner`
-produces) and writes one PNG with matplotlib's headless Agg backend.
+produces) and writes one PNG. Figures are made with matplotlib's object API (:func:`figure`), never pyplot, so
+library code never switches the caller's backend (a notebook keeps its own) and holds no global figure state.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from cxr_max.evaluation.predict import TABLE_FINDINGS
 Interval = Mapping[str, float]
 
 
-def _plt():
-    import matplotlib
+def figure(nrows: int = 1, ncols: int = 1, **kwargs):
+    """``(fig, axes)`` like ``pyplot.subplots`` but from :class:`matplotlib.figure.Figure` directly: no backend
+    is selected or switched and nothing needs closing (``fig.savefig`` renders with Agg on its own)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig_kw = {k: kwargs.pop(k) for k in ("figsize", "dpi") if k in kwargs}
+    fig = Figure(**fig_kw)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def _err(cs: Sequence[Interval]) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +34,7 @@ def _err(cs: Sequence[Interval]) -> tuple[np.ndarray, np.ndarray]:
     return v, np.nan_to_num(np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)]))
 
 
-def _finish(plt, fig, ax, path: str | Path, *, title: str, ylabel: str, xlabel: str | None = None) -> Path:
+def _finish(fig, ax, path: str | Path, *, title: str, ylabel: str, xlabel: str | None = None) -> Path:
     """The common tail: y range [0, 1.05] (shares), labels, title, tight layout, PNG at 110 dpi, figure closed."""
     ax.set_ylim(0, 1.05)
     if xlabel is not None:
@@ -41,7 +43,6 @@ def _finish(plt, fig, ax, path: str | Path, *, title: str, ylabel: str, xlabel: 
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
@@ -49,13 +50,14 @@ def plot_finding_bars(rows: Mapping[str, Mapping[str, Interval]], path: str | Pa
                       findings: Sequence[str] = TABLE_FINDINGS, title: str = "Presence accuracy per finding",
                       ylabel: str = "accuracy") -> Path:
     """Grouped bars: one group per finding (plus Avg), one bar per model, 95 % intervals as error bars."""
-    plt = _plt()
     cols = list(findings) + ["Avg"]
     names = list(rows)
     width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(min(16.0, 3.0 + 1.5 * len(cols)), 4.8))
+    fig, ax = figure(figsize=(min(16.0, 3.0 + 1.5 * len(cols)), 4.8))
     x = np.arange(len(cols))
-    colors = plt.get_cmap("tab20").colors
+    from matplotlib import colormaps
+
+    colors = colormaps["tab20"].colors
     for k, name in enumerate(names):
         v, err = _err([rows[name][c] for c in cols])
         student = name.startswith("student")
@@ -64,29 +66,27 @@ def plot_finding_bars(rows: Mapping[str, Mapping[str, Interval]], path: str | Pa
                linewidth=0.4, error_kw={"elinewidth": 0.7})
     ax.set_xticks(x, cols, rotation=20, ha="right")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _finish(plt, fig, ax, path, title=title, ylabel=ylabel)
+    return _finish(fig, ax, path, title=title, ylabel=ylabel)
 
 
 def plot_model_bars(values: Mapping[str, Interval], path: str | Path, *, title: str, ylabel: str,
                     reference: float | None = None, reference_label: str | None = None) -> Path:
     """One bar per model with its interval; an optional horizontal reference line (e.g. best teacher)."""
-    plt = _plt()
     names = list(values)
     v, err = _err([values[n] for n in names])
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4.2))
+    fig, ax = figure(figsize=(max(6, 0.9 * len(names) + 2), 4.2))
     ax.bar(np.arange(len(names)), v, yerr=err, capsize=3, color="tab:blue")
     if reference is not None:
         ax.axhline(reference, color="tab:red", ls="--", label=reference_label)
         ax.legend(fontsize=8)
     ax.set_xticks(np.arange(len(names)), names, rotation=25, ha="right", fontsize=8)
-    return _finish(plt, fig, ax, path, title=title, ylabel=ylabel)
+    return _finish(fig, ax, path, title=title, ylabel=ylabel)
 
 
 def plot_curves(x: Sequence[float], series: Mapping[str, Sequence[Interval]], path: str | Path, *, title: str,
                 xlabel: str, ylabel: str, xticklabels: Sequence[str] | None = None) -> Path:
     """Lines with interval bands: ``series[name][i]`` is the value at ``x[i]``."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = figure(figsize=(6.5, 4.2))
     xs = np.asarray(x, dtype=float)
     for name, cs in series.items():
         v, err = _err(cs)
@@ -94,19 +94,18 @@ def plot_curves(x: Sequence[float], series: Mapping[str, Sequence[Interval]], pa
     if xticklabels is not None:
         ax.set_xticks(xs, xticklabels, fontsize=8)
     ax.legend(fontsize=8)
-    return _finish(plt, fig, ax, path, title=title, ylabel=ylabel, xlabel=xlabel)
+    return _finish(fig, ax, path, title=title, ylabel=ylabel, xlabel=xlabel)
 
 
 def plot_paired_bars(left: Mapping[str, Interval], right: Mapping[str, Interval], path: str | Path, *, title: str,
                      labels: tuple[str, str], ylabel: str = "accuracy") -> Path:
     """Two bars per model (e.g. in-domain vs shifted test), with intervals."""
-    plt = _plt()
     names = [n for n in left if n in right]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names) + 2), 4.2))
+    fig, ax = figure(figsize=(max(6, 1.1 * len(names) + 2), 4.2))
     for k, (src, lab) in enumerate(((left, labels[0]), (right, labels[1]))):
         v, err = _err([src[n] for n in names])
         ax.bar(x + (k - 0.5) * 0.38, v, 0.38, yerr=err, capsize=3, label=lab)
     ax.set_xticks(x, names, rotation=25, ha="right", fontsize=8)
     ax.legend(fontsize=8)
-    return _finish(plt, fig, ax, path, title=title, ylabel=ylabel)
+    return _finish(fig, ax, path, title=title, ylabel=ylabel)
