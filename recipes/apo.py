@@ -222,7 +222,8 @@ def print_table(results: dict, md_path: Path) -> None:
         cells += [f"{m['Avg']['accuracy']['value']:.2f}", f"{m['Avg']['macro_f1']['value']:.2f}"]
         t.add_row(name, *cells, style="bold" if name.startswith("student") else None)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    Console().print(t)
+    console = Console()
+    Console(width=max(console.width, 132)).print(t)  # never truncate the numbers (piped output is 80 wide)
     pixels = results.get("image_dependence", {})
     if pixels:
         lines += ["", "Loss per answer token on validation images (lower is better): with the true image / another "
