@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from cxr_max.evaluation.probe import balanced_accuracy_of
 from cxr_max.synthetic.build import DEFAULT_IMAGE_SIZE, FORMAT_VERSION, generate_world
 from cxr_max.synthetic.render import render
 
@@ -106,14 +107,6 @@ class ProbeCNN(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
-def balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
-    """Mean of sensitivity and specificity of boolean ``pred`` against boolean ``y`` (NaN if a class is missing)."""
-    pos, neg = y, ~y
-    if not pos.any() or not neg.any():
-        return float("nan")
-    return float(0.5 * (pred[pos].mean() + (~pred[neg]).mean()))
-
-
 def train_probe(x: np.ndarray, y: np.ndarray, *, epochs: int, seed: int, arch: str = "cnn", batch_size: int = 32,
                 lr: float = 2e-3, width: int = 16, patch_size: int = 16) -> nn.Module:
     """Train the probe with a masked, class-balanced BCE (hedged labels masked) and light augmentation."""
@@ -164,7 +157,7 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> dict[str, dict]:
     for k, f in enumerate(FINDINGS):
         keep = ~np.isnan(y[:, k])
         yy, pp = y[keep, k] == 1.0, pred[keep, k]
-        out[f] = {"balanced_accuracy": balanced_accuracy(pp, yy),
+        out[f] = {"balanced_accuracy": balanced_accuracy_of(pp, yy),
                   "sensitivity": float(pp[yy].mean()) if yy.any() else float("nan"),
                   "specificity": float((~pp[~yy]).mean()) if (~yy).any() else float("nan"),
                   "n_pos": int(yy.sum()), "n_neg": int((~yy).sum())}

@@ -206,9 +206,9 @@ def print_table(results: dict, md_path: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from cxr_max.evaluation.bench_report import SHORT as short  # the paper's column names
+
     cols = results["findings"] + ["Avg"]
-    short = {"Consolidation": "Con.", "Pleural Effusion": "PE", "Pneumothorax": "Pnx.", "Edema": "Ede.",
-             "Cardiomegaly": "Card.", "Atelectasis": "Atel."}  # the paper's column names
     title = (f"Balanced accuracy per finding ({results['split']} split, {results['images']} images; "
              "an image-blind answer scores .50); Acc and F1: Avg accuracy and macro-F1")
     t = Table(title=title)

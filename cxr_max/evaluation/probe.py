@@ -65,6 +65,11 @@ def balanced_accuracy(tp, fp, fn, tn):
     return 0.5 * (sens + spec)
 
 
+def balanced_accuracy_of(pred, truth) -> float:
+    """Balanced accuracy of boolean predictions against boolean truth (NaN when a class is missing)."""
+    return float(balanced_accuracy(*binary_counts(pred, truth)))
+
+
 def macro_f1(tp, fp, fn, tn):
     """Mean of the F1 of the positive class and of the negative class (an empty class's F1 is taken as 0)."""
     tp, fp, fn, tn = (np.asarray(x, dtype=float) for x in (tp, fp, fn, tn))

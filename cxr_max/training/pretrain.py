@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxr_max.evaluation.probe import balanced_accuracy_of
 from cxr_max.labels import CHEXPERT_LABELS, LATERAL_FINDINGS
 
 # A world seed no benchmark or recipe uses for its own data (they use 0 and small training seeds).
@@ -72,14 +73,6 @@ def _targets(labels: dict, laterality: dict | None) -> tuple[np.ndarray, np.ndar
         elif labels.get(name) == 1.0:
             m[base + 2 * j: base + 2 * j + 2] = 0.0
     return y, m
-
-
-def balanced_accuracy_np(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Mean of sensitivity and specificity of boolean arrays (NaN when a class is missing)."""
-    pos, neg = truth, ~truth
-    if not pos.any() or not neg.any():
-        return float("nan")
-    return float(0.5 * ((pred & pos).sum() / pos.sum() + (~pred & neg).sum() / neg.sum()))
 
 
 def _cohort(options: PretrainOptions, processor, split: str | None = None):
@@ -173,7 +166,7 @@ def train_vision(vision_config, processor, options: PretrainOptions, *, progress
         y = y_all[te].numpy() > 0.5
         for k, name in enumerate(CHEXPERT_LABELS):
             keep = m_all[te, k].numpy() > 0
-            held_out[name] = balanced_accuracy_np(p[keep, k], y[keep, k])
+            held_out[name] = balanced_accuracy_of(p[keep, k], y[keep, k])
     label_counts = {name: int(y_all[:, k].sum()) for k, name in enumerate(CHEXPERT_LABELS)}
     facts = {"cohort_root_name": root.name, "world_seed": options.world_seed, "n_patients": options.n_patients,
              "n_images": len(ids), "n_train_images": int(len(tr)), "n_held_out_images": int(is_test.sum()),
