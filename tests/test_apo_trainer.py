@@ -93,18 +93,22 @@ def test_trains_with_ref_copy_and_logs_metrics(lm, tmp_path):
     assert trainer.state.log_history[1]["rewards/margins"] != 0
 
 
-def test_loss_matches_pure_function(lm, tmp_path):
+@pytest.mark.parametrize("shared_prefix", [False, None])
+def test_loss_matches_pure_function(lm, tmp_path, shared_prefix):
     folder, tok = lm
     from cxr_max.training.loss import apo_loss
 
-    trainer = APOTrainer(_model(folder), ref_model=_model(folder), args=_args(tmp_path),
+    trainer = APOTrainer(_model(folder), ref_model=_model(folder), args=_args(tmp_path, shared_prefix=shared_prefix),
                          train_dataset=Dataset.from_list(_rows(2)), processing_class=tok)
+    assert trainer.shared_prefix == (shared_prefix is None)  # default: on for Llama
     with torch.no_grad():  # perturb the policy so rewards are non-zero
         for p in trainer.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    examples = [trainer.train_dataset[i] for i in range(2)]
     with torch.no_grad():
-        loss = trainer.compute_loss(trainer.model, batch)
+        loss = trainer.compute_loss(trainer.model, trainer.data_collator(examples))
+    batch = DataCollatorForAPO(tok, max_length=128)(examples)  # one sequence per candidate, for the expected loss
+    with torch.no_grad():
         out = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         ref = trainer.ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 

@@ -54,6 +54,17 @@ class APOConfig(DPOConfig):
             was cut (checked from the 50th sequence on; 1.0 disables the check). A prompt (with its image tokens)
             longer than `max_length` is always an error: image tokens are never cut.
 
+        > Parameters that control speed
+
+        shared_prefix (`bool` or `None`, *optional*, defaults to `None`):
+            Forward each row's prompt (and image) once for all its ``1 + K`` candidates: one packed sequence
+            ``[prompt | c_0 | ... | c_K]`` with a block attention mask (each candidate sees the prompt and itself)
+            and positions continuing from the prompt (M-RoPE for Qwen2.5-VL), for the policy, the live reference
+            and the precomputed-reference pass. Log-probs equal the per-candidate path's up to float rounding.
+            `None`: on wherever supported (Llama, LLaVA with a Llama text model, Qwen2.5-VL; SDPA or eager
+            attention), else the per-candidate path with one message saying why. `True`: required (error where
+            unsupported). `False`: always the per-candidate path.
+
         > Parameters that control the reference model
 
         ref_model_path (`str`, *optional*):
@@ -95,6 +106,11 @@ class APOConfig(DPOConfig):
     on_error: str = field(
         default="raise",
         metadata={"help": "Bad rows: 'raise' (error naming the row) or 'skip' (counted).", "choices": ["raise", "skip"]},
+    )
+    shared_prefix: bool | None = field(
+        default=None,
+        metadata={"help": "Forward each row's prompt and image once for all its candidates (block mask). None: "
+                          "wherever supported; True: required; False: one sequence per candidate."},
     )
     ref_model_path: str | None = field(
         default=None, metadata={"help": "Folder of the reference (learn-stage) model; frozen copy."}

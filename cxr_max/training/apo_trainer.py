@@ -54,10 +54,17 @@ from cxr_max.errors import DataError, SkipLog, logger
 from cxr_max.training.apo_config import APOConfig
 from cxr_max.training.collator import IMAGES_COLUMN, INDEX_COLUMN, DataCollatorForAPO
 from cxr_max.training.loss import apo_loss_terms
+from cxr_max.training.shared_prefix import (
+    block_attention_mask,
+    candidate_sums,
+    find_rope_index,
+    mrope_positions,
+    shared_prefix_support,
+)
 
 _NON_MODEL_KEYS = {
     "completion_mask", "candidate_index", "negative_mask", "negative_weights", "rejected_teachers",
-    "ref_logps", INDEX_COLUMN,
+    "ref_logps", INDEX_COLUMN, "segment_ids", "label_segment", "shift_labels", "position_ids",
 }
 
 
@@ -221,9 +228,13 @@ class APOTrainer(DPOTrainer):
         tok = getattr(processing_class, "tokenizer", processing_class)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
+        self.shared_prefix = self._resolve_shared_prefix(model, ref_model, args)
         if data_collator is None:
             data_collator = DataCollatorForAPO(processing_class, max_length=args.max_length,
-                                               max_truncated_share=args.max_truncated_share)
+                                               max_truncated_share=args.max_truncated_share,
+                                               shared_prefix=self.shared_prefix)
+        elif isinstance(data_collator, DataCollatorForAPO):
+            data_collator.shared_prefix = self.shared_prefix
         self._teacher_metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         super().__init__(model, ref_model=ref_model, args=args, data_collator=data_collator,
                          train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -242,6 +253,33 @@ class APOTrainer(DPOTrainer):
             print(f"APO data: {self.skips.summary()}")
 
     # ----------------------------------------------------------------- setup
+    @staticmethod
+    def _resolve_shared_prefix(model, ref_model, args: APOConfig) -> bool:
+        """Whether the shared-prefix forward runs: ``APOConfig.shared_prefix`` (``None`` = wherever supported)
+        checked against the policy's (and a given reference's) model type and attention implementation."""
+        if args.shared_prefix is False:
+            return False
+        if isinstance(model, str):
+            from transformers import AutoConfig
+
+            kwargs = dict(args.model_init_kwargs or {})
+            config = AutoConfig.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+            reason = shared_prefix_support(config, kwargs.get("attn_implementation") or "sdpa")
+        else:
+            reason = shared_prefix_support(model.config)
+        if reason is None and ref_model is not None:
+            reason = shared_prefix_support(ref_model.config)
+            reason = None if reason is None else f"reference model: {reason}"
+        if reason is None:
+            return True
+        if args.shared_prefix:
+            raise ValueError(f"APOConfig(shared_prefix=True) cannot run: {reason}")
+        message = (f"APO: shared-prefix forward off ({reason}); every candidate forwards its own copy of the prompt "
+                   "and image")
+        logger.warning(message)
+        print(message)
+        return False
+
     @staticmethod
     def _rename_images(dataset):
         if dataset is None:
@@ -294,6 +332,34 @@ class APOTrainer(DPOTrainer):
         per_token = outputs.log_probs[:, -seq_len:]
         return per_token.sum(dim=1), completion_mask[:, 1:].sum(dim=1)
 
+    def _shared_prefix_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed completion log-probs ``[B, 1 + K]`` and token counts of a shared-prefix batch: one packed sequence
+        per row, block mask, positions continuing from the prompt (M-RoPE for Qwen2.5-VL), image encoded once."""
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        segments = inputs["segment_ids"]
+        config = next((m.config for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+        attn = getattr(config, "_attn_implementation", None) or "sdpa"
+        model_kwargs["attention_mask"] = block_attention_mask(segments, boolean=attn != "eager")
+        rope_index = find_rope_index(model) if "image_grid_thw" in inputs else None
+        if rope_index is not None and "mm_token_type_ids" in inputs:
+            model_kwargs["position_ids"] = mrope_positions(
+                rope_index, inputs["input_ids"], segments, inputs["position_ids"], inputs["mm_token_type_ids"],
+                inputs["image_grid_thw"], inputs.get("video_grid_thw"))
+        else:
+            model_kwargs["position_ids"] = inputs["position_ids"]
+        model_kwargs["use_cache"] = False
+        outputs = model(**model_kwargs, shift_labels=inputs["shift_labels"], fused_lm_head=True)
+        return candidate_sums(outputs.log_probs, inputs["label_segment"], inputs["candidate_index"].shape[1])
+
+    def _candidate_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed completion log-probs ``[B, 1 + K]`` and completion-token counts (0 where a row has no such
+        candidate), through the shared-prefix forward when the batch has that layout."""
+        if "segment_ids" in inputs:
+            return self._shared_prefix_logps(model, inputs)
+        logps, counts = self._sequence_logps(model, inputs)
+        cand = inputs["candidate_index"]
+        return self._by_candidate(logps, cand), self._by_candidate(counts, cand)
+
     @staticmethod
     def _by_candidate(values: torch.Tensor, candidate_index: torch.Tensor) -> torch.Tensor:
         """Scatter per-sequence values ``[S]`` into ``[B, 1 + K]`` (0 where a row has no such candidate)."""
@@ -312,14 +378,14 @@ class APOTrainer(DPOTrainer):
             return inputs["ref_logps"].to(self.accelerator.device)
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             if self.ref_model is not None:
-                logps, _ = self._sequence_logps(self.ref_model, inputs)
+                logps, _ = self._candidate_logps(self.ref_model, inputs)
             elif is_peft_model(self.model):
                 with self._reference_context():
-                    logps, _ = self._sequence_logps(self.model, inputs)
+                    logps, _ = self._candidate_logps(self.model, inputs)
             else:
                 raise RuntimeError("APOTrainer has no reference: pass ref_model, ref_model_path, a PEFT policy, "
                                    "or precompute_ref_log_probs=True")
-        return self._by_candidate(logps, inputs["candidate_index"])
+        return logps
 
     # -------------------------------------------------- precomputed reference
     def _ref_cache_path(self, name: str) -> Path:
@@ -388,9 +454,9 @@ class APOTrainer(DPOTrainer):
             for batch in loader:
                 with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), \
                         self._reference_context(), self.accelerator.autocast():
-                    logps, _ = self._sequence_logps(model, batch)
+                    logps, _ = self._candidate_logps(model, batch)
                 cand = batch["candidate_index"].to(logps.device)
-                ref = self._by_candidate(logps.float(), cand)
+                ref = torch.where(cand >= 0, logps.float(), torch.zeros_like(logps, dtype=torch.float))
                 padded = torch.zeros((ref.shape[0], width), device=ref.device)  # explicit counts, no sentinel
                 padded[:, : ref.shape[1]] = ref
                 n = (cand >= 0).sum(dim=1)
@@ -443,16 +509,16 @@ class APOTrainer(DPOTrainer):
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """One forward over all ``sum_b (1 + K_b)`` candidates, then the APO loss (see ``loss.py``)."""
+        """One forward over all ``sum_b (1 + K_b)`` candidates (one packed sequence per row with the shared prefix),
+        then the APO loss (see ``loss.py``)."""
         mode = "train" if self.model.training else "eval"
-        logps, counts = self._sequence_logps(model, inputs)
+        policy, counts = self._candidate_logps(model, inputs)
         cand = inputs["candidate_index"]
-        policy = self._by_candidate(logps, cand)
         reference = self._reference_logps(inputs)
         mask = inputs["negative_mask"].to(policy.device)
         reference = torch.where(cand.to(policy.device) >= 0, reference.to(policy.dtype), torch.zeros_like(policy))
         weights = inputs["negative_weights"] if self.args.use_negative_weights else None
-        pos_counts = self._by_candidate(counts, cand)[:, 0]
+        pos_counts = counts[:, 0]
         out = apo_loss_terms(policy, reference, beta=self.beta, negative_weights=weights, negative_mask=mask,
                              ranking=self.args.ranking, nll_weight=self.args.nll_weight,
                              positive_token_counts=pos_counts)

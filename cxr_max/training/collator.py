@@ -19,6 +19,8 @@ from transformers.data.data_collator import DataCollatorMixin
 from trl.data_utils import apply_chat_template, is_conversational, prepare_multimodal_messages
 from trl.trainer.utils import flush_left, pad
 
+from cxr_max.training.shared_prefix import pack_row, pad_packed
+
 logger = logging.getLogger("cxr_max")
 
 IMAGES_COLUMN = "apo_images"  # the trainer renames "images"/"image" to this (see APOTrainer)
@@ -51,6 +53,7 @@ class DataCollatorForAPO(DataCollatorMixin):
     max_length: int | None = None
     return_tensors: str = "pt"
     max_truncated_share: float = 0.02
+    shared_prefix: bool = False
     truncated: int = field(default=0, init=False)
     sequences: int = field(default=0, init=False)
     truncated_rows: list = field(default_factory=list, init=False)
@@ -72,6 +75,99 @@ class DataCollatorForAPO(DataCollatorMixin):
         text = completion if completion.endswith(eos) else completion + eos
         return example["prompt"], text
 
+    def _process_rows(self, row_prompts: list[str], row_images: list[list], kwargs: dict) -> dict | None:
+        """The processor's output for each row's prompt (and images), one call for the batch; ``None`` when rows
+        mix image and text-only prompts (the caller then processes every sequence)."""
+        counts = {len(im) for im in row_images}
+        has_images = any(counts)
+        if has_images and 0 in counts:
+            return None
+        call = dict(text=row_prompts, padding_side="left", **kwargs)
+        if isinstance(self.processing_class, ProcessorMixin):
+            call["images"] = row_images if has_images else None
+        return dict(self.processing_class(**call))
+
+    def _check_prompt_fits(self, prompt_lengths: torch.Tensor, rows_of: list[int]) -> None:
+        if self.max_length is None:
+            return
+        too_long = torch.nonzero(prompt_lengths >= self.max_length).flatten().tolist()
+        if too_long:
+            s = too_long[0]
+            raise DataError(
+                f"the prompt (with its image tokens) is {int(prompt_lengths[s])} tokens, leaving no room for the "
+                f"completion within max_length={self.max_length}; truncating would cut image tokens or the whole "
+                "answer. Bound the image size (the processor's max_pixels) or raise max_length",
+                path="APO batch", row=rows_of[s])
+
+    def _count_cuts(self, lengths: torch.Tensor, rows_of: list[int]) -> None:
+        """Count the sequences longer than ``max_length`` (they lose the end of their completion); warn, and stop
+        past ``max_truncated_share``."""
+        cut = torch.nonzero(lengths > self.max_length).flatten().tolist()
+        if not cut:
+            return
+        n_cut = len(cut)
+        self.truncated += n_cut
+        self.truncated_rows.extend(sorted({rows_of[s] for s in cut}))
+        lost = int((lengths - self.max_length).clamp(min=0).sum())
+        logger.warning(
+            "APO collator: %d sequence(s) in this batch exceed max_length=%d and lost the end of their completion "
+            "(%d tokens; %d of %d sequences so far)", n_cut, self.max_length, lost, self.truncated, self.sequences,
+        )
+        if self.sequences >= 50 and self.truncated > self.max_truncated_share * self.sequences:
+            raise DataError(
+                f"{self.truncated} of {self.sequences} sequences exceeded max_length={self.max_length} and lost the "
+                f"end of their completion (the final answer, where the candidates differ): more than "
+                f"max_truncated_share={self.max_truncated_share}. Raise max_length, bound the image size, or set "
+                f"max_truncated_share=1.0 to train on cut answers anyway", path="APO rows",
+                row=sorted(set(self.truncated_rows))[:20])
+
+    def _shared_batch(self, examples: list[dict], once: dict, done: dict, owners: list[tuple[int, int]],
+                      k_max: int) -> dict:
+        """The shared-prefix layout (see :mod:`cxr_max.training.shared_prefix`): one packed sequence per row."""
+        n = len(examples)
+        rows_of_row = [int(ex.get(INDEX_COLUMN, b)) for b, ex in enumerate(examples)]
+        p_mask = once["attention_mask"].bool()
+        prefixes = [once["input_ids"][b][p_mask[b]].tolist() for b in range(n)]
+        types = once.get("mm_token_type_ids")
+        prefix_types = [types[b][p_mask[b]].tolist() for b in range(n)] if types is not None else [None] * n
+        prompt_lengths = p_mask.sum(dim=1)
+        self._check_prompt_fits(prompt_lengths, rows_of_row)
+        c_mask = done["attention_mask"].bool()
+        comps = [done["input_ids"][s][c_mask[s]].tolist() for s in range(len(owners))]
+        rows_of = [rows_of_row[b] for b, _ in owners]
+        lengths = torch.tensor([int(prompt_lengths[b]) + len(c) for (b, _), c in zip(owners, comps)])
+        self.sequences += len(owners)
+        if self.max_length is not None:
+            self._count_cuts(lengths, rows_of)
+            comps = [c[: self.max_length - int(prompt_lengths[b])] for (b, _), c in zip(owners, comps)]
+        image_token = getattr(self.processing_class, "image_token_id", None)
+        per_row: list[list[list[int]]] = [[] for _ in range(n)]
+        for (b, _), c in zip(owners, comps):
+            per_row[b].append(c)
+        packed = []
+        for b in range(n):
+            last_is_image = (prefix_types[b] is not None and prefix_types[b][-1] != 0) or \
+                (image_token is not None and prefixes[b][-1] == image_token)
+            if last_is_image:
+                raise DataError("the prompt ends with an image token; shared_prefix copies the prompt's last token "
+                                "into every candidate block, so it must be text (end the prompt with text or the "
+                                "generation prompt, or set APOConfig(shared_prefix=False))", path="APO batch",
+                                row=rows_of_row[b])
+            packed.append(pack_row(prefixes[b], per_row[b], prefix_types[b]))
+        tok = self.tokenizer
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        tensors = pad_packed(packed, pad_id)
+        batch = {k: v for k, v in once.items() if k not in _TEXT_KEYS}
+        batch.update(input_ids=tensors["input_ids"], segment_ids=tensors["segment_ids"],
+                     position_ids=tensors["position_ids"], shift_labels=tensors["shift_labels"],
+                     label_segment=tensors["label_segment"])
+        if types is not None:
+            batch["mm_token_type_ids"] = tensors["types"]
+        candidate_index = torch.full((n, 1 + k_max), -1, dtype=torch.long)
+        for b, j in owners:
+            candidate_index[b, j] = j
+        return self._row_fields(examples, batch, candidate_index)
+
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         prompts, completions, images, owners = [], [], [], []
         k_max = max(len(ex["rejected"]) for ex in examples)
@@ -87,28 +183,27 @@ class DataCollatorForAPO(DataCollatorMixin):
 
         kwargs = dict(padding=True, return_tensors=self.return_tensors, add_special_tokens=False)
         is_processor = isinstance(self.processing_class, ProcessorMixin)
-        # Fast path: every row has the same prompt for all its candidates, so the prompt (and its image) is
-        # processed once per row and repeated per candidate. Only when each row has exactly one image or all rows
-        # none, so that per-image tensors line up with rows whatever the processor's layout.
-        n_images = {len(ex.get(IMAGES_COLUMN) or []) for ex in examples}
         row_of_seq = torch.tensor([b for b, _ in owners])
         first_seq = [owners.index((b, 0)) for b in range(len(examples))]
+        # Every row has the same prompt for all its candidates, so the prompt and its images are processed once
+        # per row (one image-processor call per image, not 1 + K) and, on the per-candidate path, repeated.
+        once = self._process_rows([prompts[i] for i in first_seq], [images[i] for i in first_seq], kwargs)
+        done = self.processing_class(text=completions, padding_side="right", **kwargs)
+        if self.shared_prefix:
+            if once is None:
+                raise DataError("shared_prefix needs every row of a batch to carry images or none to (mixed rows "
+                                "cannot share one processor call); set APOConfig(shared_prefix=False)",
+                                path="APO batch", row=[int(ex.get(INDEX_COLUMN, b)) for b, ex in enumerate(examples)])
+            return self._shared_batch(examples, once, done, owners, k_max)
         processed = None
-        if n_images in ({0}, {1}):
-            row_prompts = [prompts[i] for i in first_seq]
-            row_images = [images[i] for i in first_seq] if has_images else None
-            call = dict(text=row_prompts, padding_side="left", **kwargs)
-            if is_processor:
-                call["images"] = row_images
-            once = self.processing_class(**call)
-            if all(v.shape[0] == len(examples) for v in once.values() if torch.is_tensor(v)):
-                processed = {k: v.index_select(0, row_of_seq) if torch.is_tensor(v) else v for k, v in once.items()}
+        if once is not None:
+            n_per_row = [len(images[i]) for i in first_seq]
+            processed = _repeat_rows(once, n_per_row, row_of_seq)
         if processed is None:
             call = dict(text=prompts, padding_side="left", **kwargs)
             if is_processor:
                 call["images"] = images if has_images else None
             processed = self.processing_class(**call)
-        done = self.processing_class(text=completions, padding_side="right", **kwargs)
 
         prompt_ids, prompt_mask = processed["input_ids"], processed["attention_mask"]
         comp_ids, comp_mask = done["input_ids"], done["attention_mask"]
@@ -130,33 +225,9 @@ class DataCollatorForAPO(DataCollatorMixin):
         lengths = attention_mask.sum(dim=1)
         self.sequences += len(lengths)
         rows_of = [int(examples[b].get(INDEX_COLUMN, b)) for b, _ in owners]
-        if self.max_length is not None:
-            prompt_lengths = prompt_mask.sum(dim=1)
-            too_long = torch.nonzero(prompt_lengths >= self.max_length).flatten().tolist()
-            if too_long:
-                s = too_long[0]
-                raise DataError(
-                    f"the prompt (with its image tokens) is {int(prompt_lengths[s])} tokens, leaving no room for the "
-                    f"completion within max_length={self.max_length}; truncating would cut image tokens or the whole "
-                    "answer. Bound the image size (the processor's max_pixels) or raise max_length",
-                    path="APO batch", row=rows_of[s])
+        self._check_prompt_fits(prompt_mask.sum(dim=1), rows_of)
         if self.max_length is not None and input_ids.shape[1] > self.max_length:
-            cut = torch.nonzero(lengths > self.max_length).flatten().tolist()
-            n_cut = len(cut)
-            self.truncated += n_cut
-            self.truncated_rows.extend(sorted({rows_of[s] for s in cut}))
-            lost = int((lengths - self.max_length).clamp(min=0).sum())
-            logger.warning(
-                "APO collator: %d sequence(s) in this batch exceed max_length=%d and lost the end of their completion "
-                "(%d tokens; %d of %d sequences so far)", n_cut, self.max_length, lost, self.truncated, self.sequences,
-            )
-            if self.sequences >= 50 and self.truncated > self.max_truncated_share * self.sequences:
-                raise DataError(
-                    f"{self.truncated} of {self.sequences} sequences exceeded max_length={self.max_length} and lost the "
-                    f"end of their completion (the final answer, where the candidates differ): more than "
-                    f"max_truncated_share={self.max_truncated_share}. Raise max_length, bound the image size, or set "
-                    f"max_truncated_share=1.0 to train on cut answers anyway", path="APO rows",
-                    row=sorted(set(self.truncated_rows))[:20])
+            self._count_cuts(lengths, rows_of)
             input_ids = input_ids[:, : self.max_length]
             attention_mask = attention_mask[:, : self.max_length]
             completion_mask = completion_mask[:, : self.max_length]
@@ -170,6 +241,11 @@ class DataCollatorForAPO(DataCollatorMixin):
         candidate_index = torch.full((n, 1 + k_max), -1, dtype=torch.long)
         for s, (b, j) in enumerate(owners):
             candidate_index[b, j] = s
+        return self._row_fields(examples, batch, candidate_index)
+
+    def _row_fields(self, examples: list[dict], batch: dict, candidate_index: torch.Tensor) -> dict:
+        """The per-row keys of both layouts: candidate map, negative mask and weights, teachers, index, ref."""
+        n, k_max = candidate_index.shape[0], candidate_index.shape[1] - 1
         batch["candidate_index"] = candidate_index
         batch["negative_mask"] = candidate_index[:, 1:] >= 0
         weights = torch.ones(n, k_max)
@@ -190,6 +266,45 @@ class DataCollatorForAPO(DataCollatorMixin):
                 ref[b, : len(vals)] = vals
             batch["ref_logps"] = ref
         return batch
+
+
+_TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+
+
+def _repeat_rows(once: dict, images_per_row: list[int], row_of_seq: torch.Tensor) -> dict | None:
+    """Per-row processor outputs repeated for every candidate sequence of their row.
+
+    Text tensors are ``[rows, ...]``; image tensors are per image (``[n_images, ...]``, e.g. LLaVA's
+    ``pixel_values``) or, with an ``image_grid_thw``, per patch (Qwen2-VL-style ``pixel_values``, ``t * h * w``
+    rows per image). ``None`` when a tensor fits none of these layouts (the caller processes every sequence).
+    """
+    n_rows = len(images_per_row)
+    starts = [sum(images_per_row[:b]) for b in range(n_rows)]
+    image_of_seq = torch.tensor([i for b in row_of_seq.tolist() for i in range(starts[b], starts[b] + images_per_row[b])],
+                                dtype=torch.long)
+    n_images = sum(images_per_row)
+    grid = once.get("image_grid_thw")
+    out = {}
+    for key, value in once.items():
+        if not torch.is_tensor(value):
+            out[key] = value
+        elif key in _TEXT_KEYS:
+            if value.shape[0] != n_rows:
+                return None
+            out[key] = value.index_select(0, row_of_seq)
+        elif grid is not None and key == "pixel_values":
+            patches = grid.prod(dim=-1).tolist()
+            if sum(patches) != value.shape[0]:
+                return None
+            chunks = value.split(patches)
+            out[key] = torch.cat([chunks[i] for i in image_of_seq.tolist()]) if len(image_of_seq) else value[:0]
+        elif value.shape[0] == n_images:
+            out[key] = value.index_select(0, image_of_seq)
+        elif value.shape[0] == n_rows:
+            out[key] = value.index_select(0, row_of_seq)
+        else:
+            return None
+    return out
 
 
 def pad_candidates(values: list[torch.Tensor], fill: float = 0.0) -> torch.Tensor:
