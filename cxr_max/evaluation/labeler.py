@@ -168,7 +168,8 @@ _NEW_ASSERTION = _rx(
     r"concerning|suggestive|consistent|compatible|some|subtle|small-to-moderate|moderate-to-large|healed|healing|"
     r"old|chronic|remote|subacute|"
     r"low|lower|upper|patchy|streaky|linear|plate-like|platelike|hazy|dense|multifocal|"
-    r"diffuse|extensive|retrocardiac|basilar|bibasal|apical|loculated|layering|vascular|pulmonary)\b"
+    r"diffuse|extensive|retrocardiac|basilar|bibasal|apical|loculated|layering|vascular|pulmonary|"
+    r"this|these|those|it|they)\b"
 )
 
 # Inside a coordinated "or" list ("no focal consolidation, suspicious opacity, large effusion, or
@@ -177,7 +178,7 @@ _STRONG_ASSERTION = _rx(
     r",\s*(?:(?:and|with)\s+)?(?:there|the|which|possible|possibly|probable|probably|likely|may|might|could|"
     r"suspected|presumed|questionable|concerning|suggestive|consistent|compatible|new|persistent|stable|"
     r"unchanged|increased|increasing|decreased|decreasing|known|worsening|worsened|improving|improved|"
-    r"residual|again|now|also|seen|noted|is|are|was|were)\b"
+    r"residual|again|now|also|seen|noted|is|are|was|were|this|these|those|it|they)\b"
 )
 _OR_LIST = _rx(r"(?:,\s*|\s)(?:or|nor|and/or)\s")
 
@@ -210,7 +211,7 @@ _MENTIONS: dict[str, str] = {
     "Lung Opacity": r"opaci\w*|air[ -]?space (?:disease|process)|infiltrat\w*|decreased translucency|"
     r"increased (?:density|densities|attenuation)|\bdensit(?:y|ies)\b|interstitial (?:marking|pattern|"
     r"prominence|abnormalit|lung disease|disease|thickening|process)\w*|reticula(?:r|tion)\w*|"
-    r"(?:parenchymal|pulmonary|lung) scar\w*|peribronchial (?:thickening|cuffing)|haziness|"
+    r"(?:parenchymal|pulmonary|lung|(?:bi-?)?apical) scar\w*|peribronchial (?:thickening|cuffing)|haziness|"
     r"ground[ -]glass|bronchiectasis|fibrosis|fibrotic",
     "Pleural Effusion": r"(?<!pericardial )(?<!joint )(?<!pericardial and pleural )effusions?\b|"
     r"pleural fluid|hydrothora\w*|blunt(?:ed|ing) (?:of )?(?:the )?(?:left |right |bilateral |both )?"
@@ -221,8 +222,9 @@ _MENTIONS: dict[str, str] = {
     r"based (?:opacity|density|mass|lesion)|reaction|irregularity)|fibrothorax|apical (?:pleural )?"
     r"cap(?:ping|s)?\b|pleuroparenchymal (?:scar\w*|thickening|opacit\w*)|mesothelioma|"
     r"fissur\w* thickening|thickening (?:of|in|along) the (?:\w+ )?fissures?|thickening of the pleura|"
-    r"pleural[- ]\w+ scar\w*|(?:bi)?apical (?:pleural )?(?:thickening|scar\w*)",
-    "Pneumonia": r"pneumonias?\b|bronchopneumonia|pneumonitis|(?<!granulomatous )infectio\w*|\bpna\b",
+    r"pleural[- ]\w+ scar\w*|(?:bi)?apical (?:pleural )?thickening|(?:bi)?apical pleural scar\w*",
+    "Pneumonia": r"pneumonias?\b|bronchopneumonia|pneumonitis|(?<!granulomatous )(?<!histoplasmosis )(?<!tuberculosis )"
+    r"(?<!tuberculous )(?<!mycobacterial )(?<!\btb )infectio\w*|\bpna\b",
     "Pneumothorax": r"pneumothora\w*|\bptx\b|hydropneumothora\w*|(?:air|gas) in the pleural space",
     "Support Devices": r"(?:endotracheal|\bet|\bett|\bng|\bog|nasogastric|orogastric|enteric|feeding|"
     r"dobhoff|chest|tracheostomy|trach|gastrostomy|\bg-|\bj-|nasojejunal|drainage|pleural|mediastinal|"
@@ -258,7 +260,7 @@ _OTHER_FINDINGS = re.compile(
     r"pulmonary (?:arterial )?hypertension|cuffing|cephali[sz]ation|thoracentesis|"
     r"(?:post-?surgical|postoperative|post-operative) change\w*|mastectomy|lobectomy|pneumonectomy|"
     r"(?:lung|pulmonary|parenchymal) scar\w*|\bscar(?:s|ring)?\b|cyst\w*|cavit\w*|"
-    r"lymphadenopathy|adenopathy|sarcoid\w*|tuberculo\w*|\btb\b|\blesions?\b|malignan\w*|metasta\w*|cancer|"
+    r"lymphadenopathy|adenopathy|sarcoid\w*|tuberculo\w*|histoplasm\w*|mycobacteri\w*|\btb\b|\blesions?\b|malignan\w*|metasta\w*|cancer|"
     r"aspiration)"
 )
 # Attribute mentions: a subject phrase whose status depends on its qualifier in the same clause.
@@ -328,6 +330,12 @@ _POST_NEG_VERB = _rx(
     r"overall\s+|stable\s+and\s+)?(?:normal|unremarkable|within\s+(?:the\s+)?(?:normal\s+limits|limits\s+of\s+normal))\b|"
     r"^\s*(?:(?:is|are)\s+)?within\s+(?:the\s+)?(?:normal\s+limits|limits\s+of\s+normal)\b"
 )
+# A mention modified by where it was seen before ("the nodule seen on the prior ct ..."): a post-mention
+# negation after that modifier still refers to the mention, even across its commas.
+_SEEN_BEFORE = _rx(
+    r"\s*(?:(?:in|at|within|of|over)\s+(?:the\s+)?(?:[\w-]+\s+){0,3}?)?(?:(?:previously|recently|initially|formerly)\s+)?(?:seen|noted|described|demonstrated|identified|"
+    r"visuali[sz]ed|shown|reported|detected)\s+(?:on|in|at|by)\b"
+)
 _PLURAL_VERB = _rx(r"\s*(?:are|were|have|appear|remain|seem|look)\b")
 _LIST_AND_OR = _rx(r"\b(?:and|or|nor)\b")
 _LIST_BREAKERS = _rx(
@@ -345,6 +353,9 @@ def _negated_after(post: str) -> bool:
     if len(between) <= 40 and "," not in between:
         # "atelectasis and heart size is normal": a singular normal-limit verb after another subject
         return not (m.group("v4") and _LIST_AND_OR.search(between))
+    if len(between) <= 150 and _SEEN_BEFORE.match(between) and _LIST_AND_OR.search(between) is None:
+        # "the pneumonia seen on the ct of <date>, <date> is not seen on this radiograph"
+        return True
     # a coordinated subject: "A, B, and C have cleared", "A and B appear within normal limits"
     verb = post[m.start() : m.end()]
     return (
@@ -591,6 +602,19 @@ def _inherited_side(pre_full: str, cut: int) -> str | None:
     return "left" if left else "right" if right else None
 
 
+# A nodule or opacity that the same clause explains as something outside the lung (a pseudolesion):
+# "nodular density over the left 4th rib represents a healing rib fracture", "... is felt to represent
+# confluence of overlapping vessels", "... likely nipple shadow", "... secondary to summation of
+# structures" -> Lung Lesion negative. Granulomas are lesions and are not explained away. The opacity or
+# density itself stays a Lung Opacity mention (an apparent opacity was seen; IU-Xray's indexers tag it too).
+_PSEUDO_LABELS = frozenset({"Lung Lesion"})
+_EXPLAINED_AWAY = _rx(
+    r"[^;]{0,120}?\b(?:represent\w*|reflect\w*|due to|secondary to|caused by|related to|consistent with|"
+    r"compatible with|likely|probably|most likely)\s+(?:[\w-]+\s+){0,4}?(?:artifact\w*|fractur\w*|callus|overlap\w*|"
+    r"superimpos\w*|summation|confluence|nipples?(?: shadows?)?|costochondral|bone island|"
+    r"end[- ]on (?:vessel|vascular)\w*)\b"
+)
+
 _AGG_RANK = {None: 0, NEGATIVE: 1, UNCERTAIN: 2, POSITIVE: 3}
 
 
@@ -622,6 +646,8 @@ def _clause_findings(clause: str) -> tuple[tuple[tuple[str, float | None], ...],
     for name, rx in _MENTION_RX.items():
         for m in rx.finditer(clause):
             status = _status(clause[: m.start()], clause[m.end() :], clause)
+            if name in _PSEUDO_LABELS and status != NEGATIVE and _EXPLAINED_AWAY.match(clause, m.end()):
+                status = NEGATIVE  # a pseudonodule: "nodular density ... represents a healing rib fracture"
             statuses.append((name, status))
             if name in _SIDED and status in (POSITIVE, UNCERTAIN):
                 side = _side_of(clause, m.start(), m.end(), 0, end)
