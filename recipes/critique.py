@@ -42,6 +42,8 @@ class CritiqueArguments:
     preferences: str | None = field(default=None, metadata={"help": "Compare-stage preference rows (file or folder)."})
     synthetic_patients: int | None = field(default=None, metadata={"help": "Size of the embedded synthetic data."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
+    hub_dataset_id: str | None = field(default=None, metadata={"help": "With --push_to_hub: the training data's Hub "
+                                       "dataset id(s) for the model card (namespace/name, comma-separated)."})
     require_data: bool = field(default=False, metadata={"help": "Stop unless --data_dir or --dataset_path is given "
                                "(the Qwen YAMLs set it: no silent training on the embedded synthetic world)."})
     freeze_vit: bool = field(default=True, metadata={"help": "With --use_peft, leave the vision encoder and merger "
@@ -63,7 +65,7 @@ def stage_options(script_args: CritiqueArguments, stage: str, in_process: bool) 
     data = describe_data(data_dir=script_args.data_dir, dataset_path=script_args.dataset_path,
                          in_process=in_process, stage=stage)
     return dict(data=data, freeze_vit=script_args.freeze_vit, min_pixels=script_args.min_pixels,
-                max_pixels=script_args.max_pixels)
+                max_pixels=script_args.max_pixels, hub_dataset_id=script_args.hub_dataset_id)
 
 
 def preference_rows(script_args: CritiqueArguments, dataset=None):

@@ -58,6 +58,8 @@ class LearnArguments:
     synthetic_patients: int | None = field(default=None, metadata={"help": "Size of the embedded synthetic data."})
     include_refusals: bool = field(default=False, metadata={"help": "Keep refusals in the SFT data."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
+    hub_dataset_id: str | None = field(default=None, metadata={"help": "With --push_to_hub: the training data's Hub "
+                                       "dataset id(s) for the model card (namespace/name, comma-separated)."})
     tiny_image_size: int = field(default=64, metadata={"help": "Tiny student: image side (pixels)."})
     tiny_patch_size: int = field(default=16, metadata={"help": "Tiny student: patch side (pixels)."})
     tiny_vocab_size: int = field(default=1024, metadata={"help": "Tiny student: tokenizer vocabulary size."})
@@ -133,7 +135,7 @@ def main(script_args: LearnArguments, training_args: SFTConfig, model_args: Mode
     out, trainer = run_stage(SFTTrainer, dataset, training_args, model_args, model_path=model_path, stage="learn",
                              data=data, freeze_vit=script_args.freeze_vit, min_pixels=script_args.min_pixels,
                              max_pixels=script_args.max_pixels, max_truncated_share=script_args.max_truncated_share,
-                             **extra)
+                             hub_dataset_id=script_args.hub_dataset_id, **extra)
     if trainer.accelerator.is_main_process:
         if skips.total:
             print(skips.summary())

@@ -183,7 +183,8 @@ def load_metrics(path: str | Path) -> list[dict[str, str]]:
     return rows
 
 
-def _check_hub_id(value: Any, what: str, where: object) -> str:
+def check_hub_id(value: Any, what: str, where: object) -> str:
+    """``value`` when it is a Hub repo id ``namespace/name`` (not a local path); else a DataError naming ``what``."""
     if not isinstance(value, str) or not value:
         raise DataError(f"{what} must be a Hugging Face Hub repo id such as 'Qwen/Qwen2.5-VL-7B-Instruct', got {value!r}",
                         path=where)
@@ -218,10 +219,10 @@ def render_model_card(
     (never ``None`` or a local folder), so the Hub can link the model to them.
     """
     template_path = template_path or MODEL_TEMPLATE
-    base_model = _check_hub_id(base_model, "base_model", template_path)
+    base_model = check_hub_id(base_model, "base_model", template_path)
     if not datasets:
         raise DataError("the model card needs the training dataset(s) as Hub repo ids", path=template_path)
-    datasets = [_check_hub_id(d, "dataset", template_path) for d in datasets]
+    datasets = [check_hub_id(d, "dataset", template_path) for d in datasets]
     if not stages:
         raise DataError("the model card needs the training stages", path=template_path)
     for i, s in enumerate(stages):

@@ -7,7 +7,7 @@ then upload every file in **one** ``create_commit`` (not ``upload_folder``, whic
 installed may split a large folder into several commits). A commit is atomic on the Hub, so a push
 that fails mid-way leaves the previous revision as the default one and the same command can be rerun.
 
-Credentialed-data rule (REFERENCE section 4): an export that holds MIMIC pixels or report text
+Credentialed-data rule (PhysioNet's data use agreement, see :mod:`cxr_max.hub.safety`): an export that holds MIMIC pixels or report text
 (manifest ``sensitive``) can only go to a private repo or a gated one. For a public gated repo the
 repo is created private, gated, filled, and only then made public, so it is never public and ungated.
 """
@@ -37,6 +37,7 @@ Gated = Literal["auto", "manual"]
 CHECKPOINT_IGNORE = (
     "checkpoint-*", "checkpoint-*/*", "runs/*", "optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt",
     "*.lock", ".git/*", ".cache/*", "__pycache__/*", ".*", "*/.*", "README.md",
+    "ref_logps_*.parquet",  # APOTrainer's cache of reference log-probs (training data, not part of the model)
 )
 STAGES_FILE = "training_stages.json"
 METRICS_FILES = ("eval_results.json", "metrics.json", "all_results.json")

@@ -1,6 +1,6 @@
 """What may leave the user's machine: the credentialed-data safety filter of an export.
 
-PhysioNet's data use agreement forbids sharing MIMIC-CXR images and report text (REFERENCE section 4).
+PhysioNet's data use agreement forbids sharing MIMIC-CXR images and report text (README, "Licence and privacy").
 A cxr_max export therefore keeps, by default, only identifiers (``subject_id``, ``study_id``,
 ``dicom_id``), teacher trajectories and derived labels. The filter works in two layers:
 

@@ -324,39 +324,103 @@ def save_final(trainer, processing_class, output_dir: str, merge_lora: bool = Tr
     return output_dir
 
 
-def take_hub_push(training_args) -> dict | None:
+def training_dataset_ids(hub_dataset_id: str | list[str] | None = None, data: dict | None = None) -> list[str]:
+    """The Hub id(s) of the training data that a pushed model's card names (its ``datasets:`` metadata).
+
+    ``hub_dataset_id`` (``--hub_dataset_id``; one id, a comma-separated string or a list) when given; else the
+    training data's own id (``data`` is :func:`describe_data`'s record): ``data["hub_dataset_id"]``, or
+    ``data["location"]`` of rows loaded by name when that is a Hub repo id (``namespace/name``, not a local path). Each id is checked; an empty list means the data has no Hub id.
+    """
+    from cxr_max.errors import DataError
+    from cxr_max.hub.cards import check_hub_id
+
+    if isinstance(hub_dataset_id, str):
+        hub_dataset_id = [d.strip() for d in hub_dataset_id.split(",") if d.strip()]
+    if hub_dataset_id:
+        try:
+            return [check_hub_id(d, "--hub_dataset_id", "--hub_dataset_id") for d in hub_dataset_id]
+        except DataError as e:
+            raise ValueError(str(e)) from None
+    data = data or {}
+    # a data_dir (MIMIC-CXR-JPG or synthetic root) is a local folder, never the data's Hub id
+    local = data.get("source") in ("embedded synthetic", "mimic-cxr-jpg", "in-process")
+    for candidate in (data.get("hub_dataset_id"), None if local else data.get("location")):
+        try:
+            return [check_hub_id(candidate, "dataset", "data")]
+        except DataError:
+            continue
+    return []
+
+
+def lineage_base_model(model_path: str) -> str:
+    """The model a stage's lineage starts from: the first recorded stage's ``model_name_or_path`` in
+    ``model_path``'s ``training_stages.json``, else ``model_path`` itself (this stage is the first)."""
+    import json
+
+    stages_file = Path(model_path) / STAGES_FILE
+    stages = json.loads(stages_file.read_text()) if stages_file.is_file() else []
+    first = stages[0]["hyperparameters"].get("model_name_or_path") if stages else None
+    return first or model_path
+
+
+def take_hub_push(training_args, *, hub_dataset_id: str | list[str] | None = None, data: dict | None = None,
+                  model_path: str | None = None) -> dict | None:
     """Take ``--push_to_hub`` away from ``Trainer`` and return what to push at the end instead.
 
     Trainer would push every checkpoint with a card whose base model is ``None``; cxr_max pushes the
-    final model once, private by default, with its own card (:func:`cxr_max.hub.push_checkpoint`).
+    final model once, private by default, with its own card (:func:`cxr_max.hub.push_checkpoint`). What the
+    card needs is checked here, before any training: the training data's Hub id(s)
+    (:func:`training_dataset_ids`) and, with ``model_path``, a base model that is a Hub id
+    (:func:`lineage_base_model`). A ValueError says which flag to pass.
     """
     if not getattr(training_args, "push_to_hub", False):
         return None
+    datasets = training_dataset_ids(hub_dataset_id, data)
+    if not datasets:
+        raise ValueError("--push_to_hub: the model card names the training data by its Hub dataset id, and this "
+                         "stage's data has none; pass --hub_dataset_id <namespace/name> (for example the repo an "
+                         "export was pushed to with `cxr-max push <export> <namespace/name>`)")
     request = {
         "repo_id": training_args.hub_model_id or Path(training_args.output_dir).name,
         "private": training_args.hub_private_repo is not False,
+        "datasets": datasets,
     }
+    if model_path is not None:
+        from cxr_max.errors import DataError
+        from cxr_max.hub.cards import check_hub_id
+
+        base = lineage_base_model(model_path)
+        try:
+            check_hub_id(base, "base_model", model_path)
+        except DataError:
+            raise ValueError(f"--push_to_hub: the model card's base_model must be a Hub model id, but this stage's "
+                             f"lineage starts from {base!r}, which is not one (a student built offline has no Hub "
+                             "base model); start the first stage from a Hub model to push") from None
     training_args.push_to_hub = False
     return request
 
 
-def push_if_requested(request: dict | None, folder: str, *, datasets=("cxr_max-synthetic",), endpoint: str | None = None):
+def push_if_requested(request: dict | None, folder: str, *, datasets: list[str] | None = None,
+                      endpoint: str | None = None):
     """Push ``folder`` with :func:`cxr_max.hub.push_checkpoint` when :func:`take_hub_push` asked for it.
 
     The base model is the first stage's starting checkpoint (a Hub id such as
-    ``Qwen/Qwen2.5-VL-7B-Instruct``); a student built offline has none, and the push says so.
+    ``Qwen/Qwen2.5-VL-7B-Instruct``); the card's datasets are ``datasets`` or the ids the request carries.
     """
     if request is None:
         return
     import json
 
-    from cxr_max.hub import push_checkpoint
+    from cxr_max.hub import PushError, push_checkpoint
 
+    datasets = list(datasets or request.get("datasets") or [])
+    if not datasets:
+        raise PushError("the model card needs the training data's Hub dataset id(s): pass --hub_dataset_id")
     stages = json.loads((Path(folder) / STAGES_FILE).read_text())
     base = stages[0]["hyperparameters"].get("model_name_or_path") if stages else None
     description, limitations = card_data_text(stages)
     plan = push_checkpoint(folder, request["repo_id"], private=request["private"], base_model=base,
-                           datasets=list(datasets), endpoint=endpoint, data_description=description,
+                           datasets=datasets, endpoint=endpoint, data_description=description,
                            limitations=limitations)
     print(f"pushed {folder} to {request['repo_id']} ({'private' if request['private'] else 'public'})")
     return plan
@@ -382,13 +446,16 @@ def card_data_text(stages: list[dict]) -> tuple[str, list[str]]:
 
 def run_stage(trainer_cls, dataset, training_args, model_args, *, model_path: str, stage: str,
               data: dict | None = None, freeze_vit: bool = True, min_pixels: int | None = None,
-              max_pixels: int | None = None, max_truncated_share: float = 0.02, **trainer_kwargs):
+              max_pixels: int | None = None, max_truncated_share: float = 0.02,
+              hub_dataset_id: str | list[str] | None = None, **trainer_kwargs):
     """The part every training recipe shares: load, train (resuming if asked), save with lineage, push.
 
     Returns ``(output_dir, trainer)``. ``model_path`` is the checkpoint the stage starts from. ``data``
     (:func:`describe_data`) is recorded in ``training_stages.json``; ``freeze_vit`` goes to :func:`lora_config`;
     ``min_pixels``/``max_pixels`` to :func:`bound_image_size`; ``max_truncated_share`` to
-    :func:`guard_sft_truncation` (SFT on image rows).
+    :func:`guard_sft_truncation` (SFT on image rows). With ``--push_to_hub`` the final model is pushed once
+    (:func:`take_hub_push`); its card names ``hub_dataset_id`` (``--hub_dataset_id``) or the training data's own
+    Hub id as the training dataset, and both that and the base model are checked before training starts.
 
     Resuming a full fine-tune loads the policy from the checkpoint (:func:`policy_source`); a preference trainer
     (``trl.DPOTrainer`` and :class:`~cxr_max.training.APOTrainer`) would then copy its reference from that
@@ -397,7 +464,8 @@ def run_stage(trainer_cls, dataset, training_args, model_args, *, model_path: st
     """
     from trl import DPOTrainer
 
-    push = take_hub_push(training_args)  # one private push of the final model, with cxr_max's card
+    # one private push of the final model, with cxr_max's card; what the card needs is checked now, not after training
+    push = take_hub_push(training_args, hub_dataset_id=hub_dataset_id, data=data, model_path=model_path)
     resume = resolve_resume(training_args)
     model = load_policy(policy_source(model_path, resume), model_args, training_args)
     processing_class = load_processing(model_path, training_args.trust_remote_code, min_pixels=min_pixels,
