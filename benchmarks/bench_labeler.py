@@ -17,7 +17,9 @@
    policies, on the development half (odd report numbers: the only half whose errors may be read while
    writing rules), the held-out half (even numbers: scored, never read) and all reports. Every label,
    split and policy where the labeler's F1 is not above the baseline's is listed in
-   ``labeler_loses_or_ties`` (the target is an empty list).
+   ``labeler_loses_or_ties`` (the target is an empty list). For Pneumonia and Lung Lesion, whose
+   CheXpert phrase lists are wider than what the indexers tag ("infection", "nodular opacity"), the
+   uncertain-as-positive false positives are broken down per split (:func:`convention_errors`).
 2. **Synthetic reports** (cxr_max.synthetic): the per-study reports against the world's CheXpert CSV
    (four states: 1 / 0 / -1 / not mentioned), and the simulated teachers' raw completions
    ("<think> ... </think>The disease of this patient is X.") against the labels and laterality each

@@ -6,6 +6,8 @@ to be None (not mentioned), except No Finding, which is checked where it is give
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 
@@ -210,3 +212,33 @@ def test_runaway_text_without_punctuation_is_windowed():
     assert "".join(pieces) == text and all(len(p) <= MAX_CLAUSE_CHARS for p in pieces) and len(pieces) > 20
     assert list(_bounded("no pleural effusion or pneumothorax")) == ["no pleural effusion or pneumothorax"]
     assert label_report(text)["Cardiomegaly"] == 1.0
+
+
+def test_bench_convention_errors_counts_by_hand():
+    """The IU-Xray benchmark's unc+ error breakdown (benchmarks/bench_labeler.py) on four hand-made
+    reports with hand-made truth: a hedged "infection" only (a convention FP), a hedged "pneumonia" (a
+    FP that names the finding), an asserted pneumonia the truth has (TP) and one the labeler misses
+    nothing on (a true negative)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_labeler.py"
+    spec = importlib.util.spec_from_file_location("bench_labeler_under_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    texts = ["Bibasilar opacity may represent atelectasis or infection.",
+             "Left lower lobe opacity concerning for pneumonia.",
+             "Right lower lobe pneumonia.",
+             "No acute cardiopulmonary abnormality."]
+    preds = [label_report(t) for t in texts]
+    truth = [dict.fromkeys(preds[0], 0.0) for _ in texts]
+    truth[2]["Pneumonia"] = 1.0
+    base = [bench.baseline_label(t) for t in texts]
+    assert [p["Pneumonia"] for p in preds] == [-1.0, -1.0, 1.0, None]
+    assert [b["Pneumonia"] for b in base] == [None, 1.0, 1.0, None]  # the baseline knows no "infection"
+    got = bench.convention_errors("Pneumonia", texts, preds, base, truth)
+    assert got["labeler_fp"] == {"hedged, names the finding": 1, "asserted, names the finding": 0,
+                                 "hedged, convention phrase only": 1, "asserted, convention phrase only": 0}
+    assert (got["labeler_fn"], got["baseline_fp"], got["baseline_fn"]) == (0, 1, 0)
+    assert got["tp_carried_only_by_convention_phrases"] == 0
+    # reading only clauses that say pneumonia: 1 TP, 1 FP, 0 FN -> F1 = 2 / 3
+    assert got["f1_if_convention_phrases_were_not_read"] == pytest.approx(2 / 3)

@@ -14,36 +14,48 @@ In the spirit of the CheXpert labeler (Irvin et al., 2019), without its Java par
    only inside their own clause. Inside a clause a pre-mention negation ("no", "without", "without
    evidence of", ...) reaches across a comma-separated list ("no effusion, pneumothorax, focal
    consolidation") but stops at a comma that starts a new assertion (", small", ", possible",
-   ", left", ...). In a coordinated *or* list ("no focal consolidation, suspicious opacity, large
+   ", left", ", this", ...: "without comparison, this may represent infection" is a hedge, not a
+   negation). In a coordinated *or* list ("no focal consolidation, suspicious opacity, large
    effusion, or pneumothorax is identified", the "or"/"nor" before or after the mention) size and
    descriptor words do not end it; only a strong assertion does (", there", ", possible", ", new",
    ", stable", ", left", ...).
 3. **Mentions.** Each label has a compiled regular expression of phrases (see ``_MENTIONS``; e.g.
    "enlarged cardiac silhouette" for Cardiomegaly, "blunting of the costophrenic angle" for Pleural
-   Effusion, "pulmonary vascular congestion"/"engorged vessels" for Edema, "ET tube"/"PICC"/
-   "sternotomy wires" for Support Devices), in the spirit of the CheXpert labeler's phrase lists
-   ("volume loss" is not atelectasis; extrapulmonary masses and bone or skin lesions are not lung
-   lesions; "granulomatous infection" is not pneumonia). Heart size and mediastinal contour phrases
-   are *attribute* mentions decided by their nearest size qualifier in the same comma-separated part
-   (after the mention first, then before it): normal ("normal", "unremarkable", "within normal
-   limits", "not significantly enlarged", "at the upper limits of normal", "top normal": the CheXpert
-   negation rules read the upper limit of normal as normal) -> negative; "borderline" -> uncertain;
-   abnormal ("enlarged", "widened", "prominent") -> the mention's status (positive, or hedged:
-   "the heart may be enlarged"); "stable"/"unchanged" alone or no qualifier -> not a mention.
-4. **Status of a mention**, checked in this order: (a) negated uncertainty ("cannot be excluded",
-   "not ruled out", "cannot exclude") and limited visibility ("not well seen", "poorly evaluated")
-   -> uncertain; (b) negation before the mention ("no", "not", "without", "free of", "negative for",
-   "no evidence of", "absence of", "resolution of", "removal of", "clear of", ...) or after it ("is
-   not seen", "has resolved", "was removed", "are absent", and normal-limit phrases: "appear within
-   limits of normal", "is unremarkable", "is normal"); a post-mention phrase reaches the mention
-   directly (no comma, at most 40 characters) or across a coordinated subject with a plural verb
-   ("consolidation, atelectasis, and effusion have cleared", "heart size and vascular engorgement
-   appear within normal limits") -> negative; (c) uncertainty before ("possible", "may", "likely",
+   Effusion, "pulmonary vascular congestion"/"engorged vessels" for Edema, "ET tube"/"PICC"/"sternotomy
+   wires" for Support Devices), in the spirit of the CheXpert labeler's phrase lists ("volume loss" is
+   not atelectasis; extrapulmonary masses and bone or skin lesions are not lung lesions;
+   "granulomatous", "tuberculous" or "histoplasmosis" infection is not pneumonia; "apical scarring" is a
+   lung scar, Lung Opacity, and only pleural thickening or a pleural scar is Pleural Other; "infection",
+   "infectious process" are Pneumonia and "nodular opacity/density" is Lung Lesion, as in the CheXpert
+   labeler's lists). A nodule the same clause explains as something outside the lung (a pseudonodule:
+   "... represents a healing rib fracture", "... likely nipple shadow", "... felt to represent
+   confluence of overlapping vessels", "... secondary to summation") is a negative Lung Lesion mention
+   (the density itself stays a Lung Opacity mention); a granuloma is not explained away. Heart size and
+   mediastinal contour phrases are *attribute* mentions decided by their nearest size qualifier in the
+   same comma-separated part (after the mention first, then before it): normal ("normal",
+   "unremarkable", "within normal limits", "not significantly enlarged", "at the upper limits of
+   normal", "top normal": the CheXpert negation rules read the upper limit of normal as normal) ->
+   negative; "borderline" -> uncertain; abnormal ("enlarged", "widened", "prominent") -> the mention's
+   status (positive, or hedged: "the heart may be enlarged"); "stable"/"unchanged" alone or no qualifier
+   -> not a mention.
+4. **Status of a mention**, checked in this order: (a) negated uncertainty ("cannot be excluded", "not
+   ruled out", "cannot exclude") and limited visibility ("not well seen", "poorly evaluated") ->
+   uncertain; (b) negation before the mention ("no", "not", "without", "free of", "negative for", "no
+   evidence of", "absence of", "resolution of", "removal of", "clear of", ...) or after it ("is not
+   seen", "has resolved", "was removed", "are absent", and normal-limit phrases: "appear within limits
+   of normal", "is unremarkable", "is normal"); a post-mention phrase reaches the mention directly (no
+   comma, at most 40 characters) or across a coordinated subject with a plural verb ("consolidation,
+   atelectasis, and effusion have cleared", "heart size and vascular engorgement appear within normal
+   limits") or past a "seen on the prior CT" modifier ("the pneumonia seen on the CT of <date>, <date>
+   is not seen on this radiograph") -> negative; (c) uncertainty before ("possible", "may", "likely",
    "suggest", "concerning for", "questionable", "versus", "favor", "correlate clinically for",
-   "differential diagnosis", ...) or after ("is suspected", "may also be present", "versus", "?")
-   -> uncertain; otherwise positive. Pseudo-negations ("no change in", "no interval change",
-   "not significantly changed", "no increase in", "not only") are not negations; "age-indeterminate"
-   dates a finding and does not hedge it.
+   "differential diagnosis", ...) or after ("is suspected", "may also be present", "versus", "?") ->
+   uncertain; otherwise positive. An affirmative "A or B" ("left base atelectasis or scarring") is read
+   as stating both, unlike the CheXpert labeler's "XXX or YYY" uncertainty rule: on IU-Xray's
+   development half that rule lowered Atelectasis F1 from 0.95 to 0.82 (uncertain as negative), since
+   the radiologists' own tags keep "atelectasis or scarring" as atelectasis. Pseudo-negations ("no
+   change in", "no interval change", "not significantly changed", "no increase in", "not only") are not
+   negations; "age-indeterminate" dates a finding and does not hedge it.
 5. **Aggregation per label** (as CheXpert): positive beats uncertain beats negative beats not
    mentioned. **No Finding** is 1 when the text says something (is not empty), no label other than
    Support Devices is positive or uncertain, and no other abnormality is stated (``_OTHER_FINDINGS``,
