@@ -1,17 +1,22 @@
-"""Benchmark: one APO step vs the pairwise expansion through stock ``trl.DPOTrainer``, on the tiny student.
+"""Benchmark: pairwise DPO (stock ``trl.DPOTrainer``), APO as one sequence per candidate, and shared-prefix APO.
 
-Identical synthetic image rows with K = 7 negatives. Variants, measured side by side in one process
-(alternating, several repeats, medians), each time = collate + ``training_step`` (forward, backward) on the
-same prompts:
+A tiny LLaVA with paper-like proportions: a 256x256 image = 256 image tokens, a short text prompt, completions of
+about 48 tokens (reported as measured), K = 7 negatives -- many more prefix tokens than completion tokens, as
+at the paper's scale (~1,050 prefix tokens, ~200-token completions). Identical synthetic rows for all variants,
+measured side by side in one process (alternating, several repeats, medians), each time = collate +
+``training_step`` (forward, backward) on the same prompts, live frozen reference model in all three:
 
-- ``apo``: APOTrainer, live frozen reference model, 1 + 7 sequences per prompt;
-- ``apo_precomputed``: APOTrainer, reference log-probs precomputed once (cached parquet), no reference forward;
-- ``dpo_pairwise``: stock ``trl.DPOTrainer`` on the 7 (positive, teacher) pairs of each prompt (14 sequences
-  per prompt, reference forward included).
+- ``dpo_pairwise``: stock ``trl.DPOTrainer`` on the 7 (positive, teacher) pairs of each prompt (14 sequences per
+  prompt, each with the image and the prompt);
+- ``apo``: APOTrainer with ``shared_prefix=False``: 1 + 7 sequences per prompt, each with the image and prompt;
+- ``apo_shared``: APOTrainer with the default ``shared_prefix`` (on for LLaVA): one packed sequence per prompt,
+  image and prompt once.
 
-Target: APO time per prompt <= 0.6 x pairwise, and peak memory no higher. Peak memory is the peak RSS of a fresh
-subprocess per variant (VmHWM, reset through ``/proc/self/clear_refs`` just before the steps, when the model, data and
-imports are loaded), reported as the rise over the RSS at that point and as the peak itself.
+Also measured per prompt: language-model tokens forwarded by the policy (the reference forwards the same again)
+and images through the vision tower. Targets: ``apo_shared`` at most 0.25 x the pairwise time and 0.5 x ``apo``;
+peak memory no higher than ``apo``'s. Peak memory is the peak RSS of a fresh subprocess per variant (VmHWM,
+reset through ``/proc/self/clear_refs`` just before the steps, when the model, data and imports are loaded),
+reported as the rise over the RSS at that point and as the peak itself.
 
     python benchmarks/bench_apo.py [--prompts-per-step 2] [--repeats 5]
 
@@ -35,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 K = 7
+IMAGE_SIDE = 256  # 16-pixel patches: 256 image tokens per prompt
 PROMPT = "This is a patient's chest DR image. Please help me determine the patient's disease."
 FINDINGS = ["cardiomegaly", "pleural effusion", "atelectasis", "pneumothorax", "edema", "consolidation",
             "pneumonia", "no finding"]
@@ -44,9 +50,12 @@ TEACHERS = ["claude", "gpt", "glm", "gemini", "moonshot", "qwen", "grok"]
 def _trajectory(i: int, j: int) -> str:
     side = "left" if (i + j) % 2 else "right"
     finding = FINDINGS[(i + j) % len(FINDINGS)]
-    return (f"<think> The {side} lower zone shows increased opacity; the cardiac silhouette is "
-            f"{'enlarged' if j % 3 == 0 else 'normal'}; the costophrenic angle is {'blunted' if j % 2 else 'sharp'}. "
-            f"These features suggest {finding}. </think>The disease of this patient is {finding}.")
+    zone = ["upper", "middle", "lower"][(i * 3 + j) % 3]
+    return (f"<think> Step {j + 1}: the {side} {zone} zone shows {'increased' if j % 2 else 'reduced'} opacity "
+            f"of about {10 + (i * 7 + j * 3) % 40} mm; the cardiac silhouette is "
+            f"{'enlarged' if j % 3 == 0 else 'normal'}; the costophrenic angle is {'blunted' if j % 2 else 'sharp'}; "
+            f"the trachea is {'midline' if (i + j) % 3 else 'deviated'}. These features suggest {finding}. "
+            f"</think>The disease of this patient is {finding}.")
 
 
 def make_rows(n: int):
@@ -57,7 +66,7 @@ def make_rows(n: int):
     rng = np.random.default_rng(0)
     rows = []
     for i in range(n):
-        img = Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).convert("RGB")
+        img = Image.fromarray(rng.integers(0, 255, (IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)).convert("RGB")
         rows.append({
             "images": [img],
             "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}],
@@ -69,11 +78,20 @@ def make_rows(n: int):
     return rows
 
 
+def student_spec():
+    """The benchmark's tiny LLaVA: 256 image tokens, a 4-layer Llama of width 128 (compute, not Python overhead,
+    dominates a step at this size)."""
+    from cxr_max.training.tiny import TinyVLMSpec
+
+    return TinyVLMSpec(image_size=IMAGE_SIDE, patch_size=16, vision_hidden=64, vision_layers=2, vision_heads=4,
+                       text_hidden=128, text_layers=4, text_heads=4, text_intermediate=512, vocab_size=1024)
+
+
 def build_student(folder: Path) -> None:
     from cxr_max.training.tiny import tiny_vlm
 
     texts = [_trajectory(i, j) for i in range(20) for j in range(K + 1)] + [PROMPT]
-    tiny_vlm(texts, folder, seed=0)
+    tiny_vlm(texts, folder, spec=student_spec(), seed=0)
 
 
 def make_trainer(variant: str, student: Path, rows, prompts_per_step: int, workdir: Path):
@@ -91,11 +109,12 @@ def make_trainer(variant: str, student: Path, rows, prompts_per_step: int, workd
     processor = AutoProcessor.from_pretrained(student)
     ds = Dataset.from_list(rows)
     if variant.startswith("apo"):
-        pre = variant == "apo_precomputed"
         args = APOConfig(str(workdir / variant), per_device_train_batch_size=prompts_per_step,
-                         precompute_ref_log_probs=pre, **common)
-        ref = None if pre else AutoModelForImageTextToText.from_pretrained(student)
+                         shared_prefix=None if variant == "apo_shared" else False, **common)
+        ref = AutoModelForImageTextToText.from_pretrained(student)
         trainer = APOTrainer(model, ref_model=ref, args=args, train_dataset=ds, processing_class=processor)
+        if trainer.shared_prefix != (variant == "apo_shared"):
+            raise RuntimeError(f"{variant}: shared_prefix resolved to {trainer.shared_prefix}")
         per_step = prompts_per_step
     else:
         pairs = expand_pairwise(ds).remove_columns("rejected_teacher")
@@ -109,6 +128,17 @@ def make_trainer(variant: str, student: Path, rows, prompts_per_step: int, workd
     trainer.current_gradient_accumulation_steps = 1  # normally set by the training loop
     trainer.model.train()
     return trainer, batches
+
+
+def forwarded(trainer, examples) -> dict:
+    """Language-model tokens the policy forwards, images through the vision tower and completion / prompt tokens,
+    for one step's examples (the reference forwards the same again)."""
+    batch = trainer.data_collator([dict(e) for e in examples])
+    if "segment_ids" in batch:
+        tokens = int((batch["segment_ids"] >= 0).sum())
+    else:
+        tokens = int(batch["attention_mask"].sum())
+    return {"lm_tokens": tokens, "images": int(batch["pixel_values"].shape[0])}
 
 
 def timed_step(trainer, examples) -> float:
@@ -188,7 +218,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     console = Console()
-    variants = ["apo", "apo_precomputed", "dpo_pairwise"]
+    variants = ["dpo_pairwise", "apo", "apo_shared"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         student = tmp / "student"
@@ -196,6 +226,16 @@ def main() -> None:
         n_steps = args.warmup + args.repeats
         rows = make_rows(args.prompts_per_step * n_steps)
         setups = {v: make_trainer(v, student, rows, args.prompts_per_step, tmp) for v in variants}
+        per_prompt = {}
+        for v in variants:
+            trainer, batches = setups[v]
+            counts = [forwarded(trainer, b) for b in batches[args.warmup:]]
+            per_prompt[v] = {k: statistics.mean(c[k] for c in counts) / args.prompts_per_step for k in counts[0]}
+        # the data's proportions, from the per-candidate APO batches
+        apo_trainer, apo_batches = setups["apo"]
+        probe = apo_trainer.data_collator([dict(e) for e in apo_batches[0]])
+        comp_tokens = float(probe["completion_mask"].sum(1).float().mean())
+        prefix_tokens = float((probe["attention_mask"].sum(1) - probe["completion_mask"].sum(1)).float().mean())
         times: dict[str, list[float]] = {v: [] for v in variants}
         with Progress(console=console) as progress:
             task = progress.add_task("timing (alternating variants)", total=n_steps * len(variants))
@@ -207,6 +247,7 @@ def main() -> None:
                     if step >= args.warmup:
                         times[v].append(dt / args.prompts_per_step)
                     progress.advance(task)
+        del setups
         memory = {}
         for v in variants:
             console.print(f"peak memory: {v} (fresh subprocess)")
@@ -216,41 +257,55 @@ def main() -> None:
                                   capture_output=True, text=True, check=True)
             memory[v] = json.loads(proc.stdout.strip().splitlines()[-1])
 
-    from cxr_max.training.tiny import TinyVLMSpec
-
-    spec = TinyVLMSpec()  # the student _build_student makes
+    spec = student_spec()
     med = {v: statistics.median(times[v]) for v in variants}
-    ratio = med["apo"] / med["dpo_pairwise"]
+    shared_vs_dpo = med["apo_shared"] / med["dpo_pairwise"]
+    shared_vs_apo = med["apo_shared"] / med["apo"]
+    memory_met = memory["apo_shared"]["peak_rise_mb"] <= memory["apo"]["peak_rise_mb"]
     result = {
         "setup": {"student": f"tiny LLaVA (CLIP {spec.vision_layers}x{spec.vision_hidden} + Llama "
                              f"{spec.text_layers}x{spec.text_hidden}, {spec.image_size}x{spec.image_size} images, "
-                             f"{spec.patch_size}x{spec.patch_size} patches)", "K": K,
+                             f"{spec.patch_size}x{spec.patch_size} patches = {(spec.image_size // spec.patch_size) ** 2}"
+                             " image tokens)", "K": K,
+                  "prefix_tokens_mean": prefix_tokens, "completion_tokens_mean": comp_tokens,
                   "prompts_per_step": args.prompts_per_step, "repeats": args.repeats, "warmup": args.warmup,
-                  "threads": torch.get_num_threads(),
-                  "timed": "collate + training_step (forward+backward), seconds per prompt, median",
+                  "threads": torch.get_num_threads(), "device": "cpu", "dtype": "float32",
+                  "timed": "collate + training_step (forward+backward, live reference forward), seconds per prompt, "
+                           "median",
                   "memory": "fresh subprocess per variant: peak RSS (VmHWM, reset via /proc/self/clear_refs just "
                             "before the steps) minus the RSS at that point"},
         "seconds_per_prompt": {v: {"median": med[v], "all": times[v]} for v in variants},
-        "apo_over_pairwise_time": ratio,
-        "apo_precomputed_over_apo_time": med["apo_precomputed"] / med["apo"],
-        "target_time_ratio": 0.6,
-        "time_target_met": ratio <= 0.6,
+        "policy_forward_per_prompt": per_prompt,
+        "ratios": {"apo_over_pairwise_time": med["apo"] / med["dpo_pairwise"],
+                   "apo_shared_over_pairwise_time": shared_vs_dpo, "apo_shared_over_apo_time": shared_vs_apo,
+                   "apo_shared_over_apo_peak_rise": memory["apo_shared"]["peak_rise_mb"] /
+                   max(memory["apo"]["peak_rise_mb"], 1e-9)},
+        "targets": {"apo_shared_over_pairwise_time <= 0.25": shared_vs_dpo <= 0.25,
+                    "apo_shared_over_apo_time <= 0.5": shared_vs_apo <= 0.5,
+                    "apo_shared_peak_rise <= apo_peak_rise": memory_met},
         "memory": memory,
-        "memory_target_met": memory["apo"]["peak_rise_mb"] <= memory["dpo_pairwise"]["peak_rise_mb"],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
 
-    table = Table(title=f"APO vs pairwise DPO, K = {K}, {args.prompts_per_step} prompts/step, tiny student (CPU)")
-    for col in ("variant", "s / prompt (median)", "x pairwise", "peak RSS rise MB", "peak RSS MB"):
+    table = Table(title=f"Pairwise DPO vs APO vs shared-prefix APO, K = {K}, {args.prompts_per_step} prompts/step, "
+                        f"~{prefix_tokens:.0f} prefix / ~{comp_tokens:.0f} completion tokens (CPU)")
+    for col in ("variant", "s / prompt (median)", "x pairwise", "LM tokens / prompt", "images / prompt",
+                "peak RSS rise MB", "peak RSS MB"):
         table.add_column(col)
     for v in variants:
         table.add_row(v, f"{med[v]:.4f}", f"{med[v] / med['dpo_pairwise']:.2f}",
+                      f"{per_prompt[v]['lm_tokens']:.0f}", f"{per_prompt[v]['images']:.0f}",
                       f"{memory[v]['peak_rise_mb']:.0f}", f"{memory[v]['peak_rss_during_steps_mb']:.0f}")
     console.print(table)
-    console.print(f"APO / pairwise time: {ratio:.2f} (target <= 0.6: {'met' if ratio <= 0.6 else 'MISSED'}); "
-                  f"memory target: {'met' if result['memory_target_met'] else 'MISSED'}; wrote {out}")
+
+    def verdict(ok):
+        return "met" if ok else "MISSED"
+
+    console.print(f"shared / pairwise time {shared_vs_dpo:.2f} (target <= 0.25: {verdict(shared_vs_dpo <= 0.25)}); "
+                  f"shared / apo time {shared_vs_apo:.2f} (target <= 0.5: {verdict(shared_vs_apo <= 0.5)}); "
+                  f"peak memory vs apo: {verdict(memory_met)}; wrote {out}")
 
 
 if __name__ == "__main__":

@@ -90,7 +90,10 @@ def trainer(tmp_path_factory):
 
 
 def test_fused_lm_head_returns_per_token_log_probs(trainer):
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    from cxr_max.training import DataCollatorForAPO
+
+    # one sequence per candidate (the trainer's own collator packs a row's candidates under shared_prefix)
+    batch = DataCollatorForAPO(trainer.processing_class)([trainer.train_dataset[i] for i in range(2)])
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     with torch.no_grad():
         out = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
@@ -104,6 +107,21 @@ def test_fused_lm_head_returns_per_token_log_probs(trainer):
     mask = batch["completion_mask"][:, 1:].bool()
     assert torch.allclose(out.log_probs[mask], ref[mask], atol=1e-4), \
         "TRL internal fused LM head: log_probs are not the completion tokens' log-probabilities"
+
+
+def test_fused_lm_head_scores_pre_shifted_labels(trainer):
+    """The shared-prefix forward passes ``shift_labels`` (label at position i = the token hidden state i predicts)."""
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    shift = torch.tensor([[-100, 9, 5, -100, 8]])  # not the next tokens: scored as given, not shifted
+    with torch.no_grad():
+        out = trainer.model(input_ids=ids, shift_labels=shift, fused_lm_head=True)
+        logits = trainer.model(input_ids=ids).logits
+    assert out.log_probs.shape == (1, 5), \
+        f"TRL internal fused LM head: log_probs with shift_labels shaped {tuple(out.log_probs.shape)}, expected [S, T]"
+    ref = torch.log_softmax(logits.float(), -1).gather(-1, shift.clamp(min=0)[..., None])[..., 0]
+    mask = shift != -100
+    assert torch.allclose(out.log_probs[mask], ref[mask], atol=1e-4) and bool((out.log_probs[~mask] == 0).all()), \
+        "TRL internal fused LM head: `shift_labels` are no longer scored unshifted at their own positions"
 
 
 def test_metrics_store_is_averaged_by_log(trainer):
