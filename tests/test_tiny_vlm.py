@@ -106,7 +106,10 @@ def test_apo_on_image_rows_with_precomputed_reference(vlm_dir, tmp_path):
                          train_dataset=Dataset.from_list(_apo_rows(4)),
                          processing_class=AutoProcessor.from_pretrained(vlm_dir))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
-    assert batch["pixel_values"].shape[0] == batch["input_ids"].shape[0] == 2 * 4
+    # shared-prefix APO (the default for LLaVA): one packed sequence and one image per row, 1 + 3 candidates each
+    assert trainer.shared_prefix
+    assert batch["pixel_values"].shape[0] == batch["input_ids"].shape[0] == 2
+    assert batch["candidate_index"].tolist() == [[0, 1, 2, 3]] * 2
     trainer.train()
     logs = trainer.state.log_history
     assert "win_rate/grok" in logs[0] and logs[1]["rewards/margins"] != 0
