@@ -1,5 +1,8 @@
 """Dataset and model cards rendered from the templates in ``hub_cards/`` with huggingface_hub's card classes.
 
+In a checkout the templates are read from the top-level ``hub_cards/``; an installed wheel carries them as
+``cxr_max/hub/templates/`` (:func:`template_dir`).
+
 Templates are Jinja2 files whose YAML front matter is ``{{ card_data }}`` (a
 :class:`~huggingface_hub.DatasetCardData` / :class:`~huggingface_hub.ModelCardData`). Before rendering,
 the template's variables are compared with the fields given, so a missing field is a
@@ -22,7 +25,25 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from cxr_max.errors import DataError
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "hub_cards"
+# The templates live in the project's top-level hub_cards/; a wheel carries a copy as cxr_max/hub/templates/
+# (copied there at build time). An installed package reads its copy; a checkout reads hub_cards/.
+INSTALLED_TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+CHECKOUT_TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "hub_cards"
+TEMPLATE_NAMES = ("dataset_card.md", "model_card.md")
+
+
+def template_dir() -> Path:
+    """The folder the card templates are read from: the installed copy, else a checkout's ``hub_cards/``.
+
+    When neither holds them, the checkout path is returned and rendering raises a DataError naming the file.
+    """
+    for folder in (INSTALLED_TEMPLATE_DIR, CHECKOUT_TEMPLATE_DIR):
+        if all((folder / name).is_file() for name in TEMPLATE_NAMES):
+            return folder
+    return CHECKOUT_TEMPLATE_DIR
+
+
+TEMPLATE_DIR = template_dir()
 DATASET_TEMPLATE = TEMPLATE_DIR / "dataset_card.md"
 MODEL_TEMPLATE = TEMPLATE_DIR / "model_card.md"
 
