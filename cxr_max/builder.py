@@ -1104,56 +1104,11 @@ BUILDER_NAME = "cxr_max"
 
 
 def register_with_datasets() -> None:
-    """Make ``datasets.load_dataset("cxr_max", ...)`` resolve to this module.
+    """Make ``datasets.load_dataset("cxr_max", ...)`` resolve to this module: :func:`cxr_max.registration.register`
+    (done by ``import cxr_max``; it changes nothing for any other dataset name)."""
+    from cxr_max.registration import register
 
-    ``datasets`` >= 4 has no loading scripts; its private ``_PACKAGED_DATASETS_MODULES`` dict maps
-    a name to a builder module. Adding an entry is private API, so it is checked here and
-    :func:`load_dataset` below works without it.
-    """
-    try:
-        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES as modules
-    except ImportError as e:  # pragma: no cover - depends on a future datasets
-        raise RuntimeError(
-            f"datasets {datasets.__version__} has no packaged-module registry; use cxr_max.load_dataset(...) instead"
-        ) from e
-    if not isinstance(modules, dict):  # pragma: no cover
-        raise RuntimeError("datasets' packaged-module registry changed shape; use cxr_max.load_dataset(...) instead")
-    modules[BUILDER_NAME] = (__name__, loaded_code_digest())
-    _skip_data_file_resolution()
-    # load_dataset(<packaged name>) pings a download counter over the network; cxr_max runs offline.
-    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
-
-
-def _skip_data_file_resolution() -> None:
-    """Stop ``datasets`` from globbing ``data_dir`` (or the cwd) for data files for this builder.
-
-    A packaged module normally resolves data files under ``data_dir`` (all of it: 377k JPGs on a
-    real MIMIC-CXR-JPG root) and fails when it finds none (no ``data_dir`` at all: the synthetic
-    default). The cxr_max builder reads its own inputs, so for its name the module is returned
-    directly. Private API, wrapped once and guarded.
-    """
-    from datasets import load as _load
-
-    factory = getattr(_load, "PackagedDatasetModuleFactory", None)
-    if factory is None or not hasattr(factory, "get_module") or not hasattr(_load, "DatasetModule"):
-        raise RuntimeError("datasets' PackagedDatasetModuleFactory changed; use cxr_max.load_dataset(...) instead")
-    original = factory.get_module
-    if getattr(original, "_cxr_max", False):
-        return
-
-    def get_module(self):
-        if self.name == BUILDER_NAME:
-            from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
-
-            module_path, digest = _PACKAGED_DATASETS_MODULES[BUILDER_NAME]
-            # An empty data-files dict: the builder reads its inputs itself (and datasets insists on one).
-            from datasets.data_files import DataFilesDict
-
-            return _load.DatasetModule(module_path, digest, {"dataset_name": BUILDER_NAME, "data_files": DataFilesDict()})
-        return original(self)
-
-    get_module._cxr_max = True
-    factory.get_module = get_module
+    register()
 
 
 def load_dataset(

@@ -80,11 +80,11 @@ def test_registration_with_datasets_load_dataset(tmp_path, monkeypatch):
 
 
 def test_registration_fails_clearly_when_datasets_changes(monkeypatch):
-    import datasets.packaged_modules as pm
+    import datasets.load
 
     from cxr_max.builder import register_with_datasets
 
-    monkeypatch.delattr(pm, "_PACKAGED_DATASETS_MODULES")
+    monkeypatch.delattr(datasets.load, "dataset_module_factory")
     with pytest.raises(RuntimeError, match="cxr_max.load_dataset"):
         register_with_datasets()
 
@@ -268,6 +268,8 @@ def test_unknown_config_and_options_are_clear():
 
 
 def test_import_registers_in_a_fresh_interpreter(tmp_path):
-    code = "import cxr_max, datasets.packaged_modules as p; print(p._PACKAGED_DATASETS_MODULES['cxr_max'][0])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    code = "import cxr_max, datasets.load as l; print(l.dataset_module_factory('cxr_max').module_path)"
+    env = {**os.environ, "PYTHONPATH": str(Path(cxr_max.__file__).resolve().parents[1])}  # this checkout's cxr_max
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
+                         env=env)
     assert out.stdout.strip() == "cxr_max.builder"
