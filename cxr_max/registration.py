@@ -1,6 +1,7 @@
 """How ``datasets.load_dataset("cxr_max", ...)`` finds the cxr_max builder, with no effect on any other dataset.
 
-``datasets`` resolves the ``path`` argument of ``load_dataset`` / ``load_dataset_builder`` in one function,
+``datasets`` resolves the ``path`` argument of ``load_dataset`` / ``load_dataset_builder`` (and of
+``get_dataset_config_names``, which holds its own reference to it) in one function,
 ``datasets.load.dataset_module_factory``: a name of its own packaged modules (``json``, ``parquet``,
 ``imagefolder``, ...), a local folder, or a Hub repository. It has no public way to add a third-party
 builder under a plain name, so :func:`register` wraps that one function:
@@ -87,6 +88,18 @@ def register() -> None:
         return builder_module(bound.get("data_files"), bound.get("revision"))
 
     load.dataset_module_factory = _installed = dataset_module_factory
+    # datasets.inspect (get_dataset_config_names, get_dataset_split_names) imported the same function by name
+    inspect_module = _datasets_inspect()
+    if inspect_module is not None and inspect_module.dataset_module_factory is original:
+        inspect_module.dataset_module_factory = dataset_module_factory
+
+
+def _datasets_inspect():
+    try:
+        from datasets import inspect as inspect_module
+    except ImportError:  # pragma: no cover - depends on a future datasets
+        return None
+    return inspect_module if hasattr(inspect_module, "dataset_module_factory") else None
 
 
 def unregister() -> None:
@@ -103,4 +116,7 @@ def unregister() -> None:
     if load.dataset_module_factory is not _installed:
         raise RuntimeError("datasets.load.dataset_module_factory was wrapped again after cxr_max registered; "
                            "not removing the cxr_max wrapper from under that one")
+    inspect_module = _datasets_inspect()
+    if inspect_module is not None and inspect_module.dataset_module_factory is _installed:
+        inspect_module.dataset_module_factory = _installed.__wrapped__
     load.dataset_module_factory, _installed = _installed.__wrapped__, None

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # about datasets' process-wide state as one JSON object.
 PROBE = r'''
 import hashlib, json, os, sys
-import datasets, datasets.config, datasets.load
+import datasets, datasets.config, datasets.inspect, datasets.load
 import datasets.packaged_modules as pm
 
 loads = []
@@ -69,6 +69,7 @@ report = {
     "get_module": [datasets.load.PackagedDatasetModuleFactory.get_module.__module__,
                    datasets.load.PackagedDatasetModuleFactory.get_module.__qualname__,
                    sorted(vars(datasets.load.PackagedDatasetModuleFactory))],
+    "inspect resolves with": datasets.inspect.dataset_module_factory is datasets.load.dataset_module_factory,
     "config": {k: repr(sorted(v) if isinstance(v, (set, frozenset)) else v) for k, v in sorted(vars(datasets.config).items()) if k.isupper()},
     "load counts": loads,
 }
@@ -138,6 +139,22 @@ def test_import_cxr_max_registers_only_a_wrapper_that_delegates():
     assert registration.is_registered() and load.dataset_module_factory is not wrapper  # a new, equivalent wrapper
     registration.register()  # idempotent: no second layer
     assert load.dataset_module_factory.__wrapped__ is wrapper.__wrapped__
+
+
+def test_datasets_inspect_sees_the_cxr_max_configs_too():
+    from datasets import inspect as dinspect
+    from datasets import load
+
+    from cxr_max.builder import CONFIG_NAMES
+
+    assert dinspect.dataset_module_factory is load.dataset_module_factory
+    assert datasets.get_dataset_config_names("cxr_max") == list(CONFIG_NAMES)
+    registration.unregister()
+    try:
+        assert dinspect.dataset_module_factory is load.dataset_module_factory is not None
+        assert not registration.is_registered()
+    finally:
+        registration.register()
 
 
 def test_the_cxr_max_name_refuses_what_it_cannot_use():
