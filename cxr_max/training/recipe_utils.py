@@ -355,12 +355,16 @@ def training_dataset_ids(hub_dataset_id: str | list[str] | None = None, data: di
 def lineage_base_model(model_path: str) -> str:
     """The model a stage's lineage starts from: the first recorded stage's ``model_name_or_path`` in
     ``model_path``'s ``training_stages.json``, else ``model_path`` itself (this stage is the first)."""
+    return _first_stage_source(model_path) or model_path
+
+
+def _first_stage_source(folder: str) -> str | None:
+    """The ``model_name_or_path`` the first stage recorded in ``folder``'s ``training_stages.json``, if any."""
     import json
 
-    stages_file = Path(model_path) / STAGES_FILE
+    stages_file = Path(folder) / STAGES_FILE
     stages = json.loads(stages_file.read_text()) if stages_file.is_file() else []
-    first = stages[0]["hyperparameters"].get("model_name_or_path") if stages else None
-    return first or model_path
+    return stages[0]["hyperparameters"].get("model_name_or_path") if stages else None
 
 
 def take_hub_push(training_args, *, hub_dataset_id: str | list[str] | None = None, data: dict | None = None,
@@ -417,7 +421,7 @@ def push_if_requested(request: dict | None, folder: str, *, datasets: list[str] 
     if not datasets:
         raise PushError("the model card needs the training data's Hub dataset id(s): pass --hub_dataset_id")
     stages = json.loads((Path(folder) / STAGES_FILE).read_text())
-    base = stages[0]["hyperparameters"].get("model_name_or_path") if stages else None
+    base = _first_stage_source(folder)
     description, limitations = card_data_text(stages)
     plan = push_checkpoint(folder, request["repo_id"], private=request["private"], base_model=base,
                            datasets=datasets, endpoint=endpoint, data_description=description,
