@@ -1,21 +1,30 @@
-"""APO vs pairwise DPO at real scale: a randomly initialised model with Qwen2.5-VL-7B's architecture (GPU).
+"""Pairwise DPO vs APO vs shared-prefix APO at real scale, through the trainers and their collators (GPU).
 
-No downloads: the config is written below (Qwen2.5-VL-7B-Instruct's published sizes), the weights are random,
-the inputs synthetic (a 448x448 image = 256 visual tokens, a ~40-token prompt, ~300-token trajectories). bf16,
-LoRA r8/alpha32 on all linear layers of the language model (the released setting), gradient checkpointing; the
-reference is the same model with the adapter disabled (what the critique recipe does with PEFT).
+A randomly initialised model with Qwen2.5-VL-7B-Instruct's architecture (the published sizes are written below;
+nothing is downloaded) and a real ``Qwen2_5_VLProcessor`` (the project's offline tokenizer and Qwen's image
+processor, bounded so a 448x448 image = 256 visual tokens). Synthetic rows: one image, a short prompt, a positive
+and K = 7 negatives of ~``--completion-words`` words. bf16, LoRA r8/alpha32 on all linear layers of the language
+model (the released setting), gradient checkpointing; the reference is the same model with the adapter disabled
+(what the critique recipe does with PEFT). Variants, each a real trainer stepping real collated batches:
 
-Per prompt with K = 7 negatives:
-- ``apo``: one forward+backward over 1 + 7 sequences (``--apo-prompts`` prompts per micro-batch), one no-grad
-  reference forward, the APO loss (``cxr_max.training.apo_loss``);
-- ``dpo_pairwise``: the 7 (positive, negative) pairs in micro-batches of ``--dpo-pairs`` pairs (2 sequences
-  each), each a forward+backward plus a reference forward, TRL's sigmoid loss.
-Both use TRL's fused LM head (per-token log-probs without the full logits), as the trainers do. Collation is not
-timed (Qwen2.5-VL's processor needs torchvision); this measures the model step. Reports tokens/s (all tokens
-forwarded through the policy, per second) and peak GPU memory, alternating variants, medians.
+- ``dpo_pairwise``: stock ``trl.DPOTrainer`` on the 7 (positive, negative) pairs of each prompt
+  (``--dpo-pairs`` pairs per micro-batch, gradient accumulation over the rest of the prompt's pairs);
+- ``apo``: :class:`~cxr_max.training.APOTrainer` with ``shared_prefix=False`` (1 + 7 sequences per prompt);
+- ``apo_shared``: ``APOTrainer`` with the default ``shared_prefix`` (one packed sequence per prompt, the image
+  encoded once).
 
-    python benchmarks/gpu_apo_qwen25vl.py                 # GPU, real size
-    python benchmarks/gpu_apo_qwen25vl.py --tiny          # CPU smoke test, tiny Qwen2.5-VL config
+Timed: collate + ``training_step`` (forward, backward, reference forward) per prompt, alternating variants,
+medians. Reported: seconds per prompt, language-model tokens forwarded per prompt (policy; the reference the same
+again) and tokens/s, peak GPU memory per variant (``torch.cuda.max_memory_allocated`` over its steps), and MFU =
+model FLOPs / time / the GPU's dense bf16 peak (``--peak-tflops``), with model FLOPs counted as 2 N per token for
+each forward (policy and reference) and 2 N per policy token for the backward (LoRA: no weight gradients of the
+frozen matrices), N = the language model's non-embedding parameters, plus the vision tower likewise per patch;
+attention and the gradient-checkpointing recompute are not counted (so MFU is conservative).
+
+    python benchmarks/gpu_apo_qwen25vl.py                 # GPU, real size (needs torchvision for the processor)
+    python benchmarks/gpu_apo_qwen25vl.py --tiny          # CPU proof that it runs: tiny Qwen2.5-VL config
+
+Writes benchmarks/results/gpu_apo_qwen25vl.json (``_tiny.json`` with --tiny).
 """
 
 from __future__ import annotations
@@ -24,188 +33,228 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cxr_max.training.loss import apo_loss  # noqa: E402
-
 K = 7
+PROMPT = "This is a patient's chest DR image. Please help me determine the patient's disease."
+FINDINGS = ["cardiomegaly", "pleural effusion", "atelectasis", "pneumothorax", "edema", "consolidation",
+            "pneumonia", "no finding"]
+TEACHERS = ["claude", "gpt", "glm", "gemini", "moonshot", "qwen", "grok"]
+WORDS = ("the left right upper middle lower zone shows increased reduced opacity cardiac silhouette is enlarged "
+         "normal costophrenic angle blunted sharp trachea midline deviated these features suggest").split()
 
 
-def qwen25vl_config(tiny: bool):
-    """Qwen2.5-VL-7B-Instruct's architecture (or a tiny one with the same structure for --tiny)."""
-    from transformers import Qwen2_5_VLConfig
+def trajectory(i: int, j: int, n_words: int) -> str:
+    """A synthetic reasoning trajectory of ``n_words`` words ending with a final answer."""
+    g = torch.Generator().manual_seed(1000 * i + j)
+    body = " ".join(WORDS[int(t)] for t in torch.randint(0, len(WORDS), (n_words,), generator=g))
+    finding = FINDINGS[(i + j) % len(FINDINGS)]
+    return f"<think> {body}. </think>The disease of this patient is {finding}."
 
+
+def make_rows(n: int, image_side: int, n_words: int) -> list[dict]:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        img = Image.fromarray(rng.integers(0, 255, (image_side, image_side), dtype=np.uint8)).convert("RGB")
+        rows.append({
+            "images": [img],
+            "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}],
+            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": trajectory(i, 99, n_words)}]}],
+            "rejected": [[{"role": "assistant", "content": [{"type": "text", "text": trajectory(i, j, n_words)}]}]
+                         for j in range(K)],
+            "rejected_teachers": TEACHERS, "rejected_weights": [1.0] * K,
+        })
+    return rows
+
+
+def qwen25vl_7b_text_vision() -> tuple[dict, dict]:
+    """Qwen2.5-VL-7B-Instruct's published text and vision sizes."""
+    text = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]})
+    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                  fullatt_block_indexes=[7, 15, 23, 31])
+    return text, vision
+
+
+def build_student(folder: Path, tiny: bool, image_side: int, device, dtype):
+    """Model folder + processor: the tiny Qwen2.5-VL, or (not tiny) its processor with a random 7B-sized model."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from cxr_max.training.tiny_qwen import TinyQwenSpec, tiny_qwen25vl
+
+    pixels = image_side * image_side
+    texts = [trajectory(i, j, 60) for i in range(20) for j in range(K + 1)] + [PROMPT]
+    spec = TinyQwenSpec(min_pixels=pixels, max_pixels=pixels, vocab_size=1024)
+    small, processor = tiny_qwen25vl(texts, folder, spec=spec, seed=0)
     if tiny:
-        text = dict(vocab_size=1000, bos_token_id=1, eos_token_id=2, pad_token_id=0, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                    rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]})
-        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                      fullatt_block_indexes=[1])
+        return small.to(device=device, dtype=dtype), processor
+    text, vision = qwen25vl_7b_text_vision()
+    base = small.config
+    tc = base.get_text_config()
+    text.update(vocab_size=152064, eos_token_id=tc.eos_token_id, pad_token_id=tc.pad_token_id, bos_token_id=None)
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=base.image_token_id,
+                              video_token_id=base.video_token_id, vision_start_token_id=base.vision_start_token_id,
+                              vision_end_token_id=base.vision_end_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
+    return model, processor
+
+
+def lora_config():
+    from peft import LoraConfig
+
+    return LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0,
+                      target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)")
+
+
+def make_trainer(variant: str, model, processor, rows, args, workdir: Path):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from cxr_max.training import APOConfig, APOTrainer
+    from cxr_max.training.pairwise import expand_pairwise
+
+    gpu = torch.cuda.is_available() and not args.tiny
+    common = dict(bf16=gpu, use_cpu=not gpu, gradient_checkpointing=not args.tiny, report_to="none",
+                  save_strategy="no", max_length=4096, learning_rate=1e-5, seed=0, disable_tqdm=True,
+                  gradient_checkpointing_kwargs={"use_reentrant": False})
+    ds = Dataset.from_list(rows)
+    if variant.startswith("apo"):
+        cfg = APOConfig(str(workdir / variant), per_device_train_batch_size=1,
+                        shared_prefix=None if variant == "apo_shared" else False, **common)
+        trainer = APOTrainer(model, args=cfg, train_dataset=ds, processing_class=processor, peft_config=lora_config())
+        if trainer.shared_prefix != (variant == "apo_shared"):
+            raise RuntimeError(f"{variant}: shared_prefix resolved to {trainer.shared_prefix}")
+        steps = [[[i]] for i in range(len(rows))]  # one prompt per step, one micro-batch
     else:
-        text = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                    num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
-                    rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                                        "mrope_section": [16, 24, 24]})
-        vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                      fullatt_block_indexes=[7, 15, 23, 31])
-    image_token_id = text["vocab_size"] - 5
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=image_token_id,
-                            video_token_id=text["vocab_size"] - 4, vision_start_token_id=text["vocab_size"] - 3,
-                            vision_end_token_id=text["vocab_size"] - 2, tie_word_embeddings=False)
+        pairs = expand_pairwise(ds).remove_columns("rejected_teacher")
+        cfg = DPOConfig(str(workdir / variant), per_device_train_batch_size=args.dpo_pairs, loss_type=["sigmoid"],
+                        **common)
+        trainer = DPOTrainer(model, args=cfg, train_dataset=pairs, processing_class=processor,
+                             peft_config=lora_config())
+        steps = [[list(range(i * K + s, i * K + min(s + args.dpo_pairs, K))) for s in range(0, K, args.dpo_pairs)]
+                 for i in range(len(rows))]  # each prompt's 7 pairs in micro-batches, accumulated
+    trainer.model.train()
+    return trainer, steps
 
 
-def make_batch(config, n_seq: int, image_side: int, prompt_len: int, completion_lens: list[int], device, seed=0):
-    """Synthetic Qwen2.5-VL inputs: ``n_seq`` sequences, each [vision start, image pads, vision end, prompt,
-    completion], right-padded; one image per sequence."""
-    g = torch.Generator().manual_seed(seed)
-    v = config.vision_config
-    grid = image_side // v.patch_size
-    n_patches = grid * grid
-    n_img_tokens = n_patches // (v.spatial_merge_size ** 2)
-    vocab = config.text_config.vocab_size - 10
-    seqs, comp = [], []
-    for i in range(n_seq):
-        c = completion_lens[i % len(completion_lens)]
-        ids = ([config.vision_start_token_id] + [config.image_token_id] * n_img_tokens + [config.vision_end_token_id]
-               + torch.randint(0, vocab, (prompt_len + c,), generator=g).tolist())
-        seqs.append(ids)
-        comp.append([0] * (len(ids) - c) + [1] * c)
-    width = max(len(s) for s in seqs)
-    input_ids = torch.zeros(n_seq, width, dtype=torch.long)
-    attention = torch.zeros(n_seq, width, dtype=torch.long)
-    completion = torch.zeros(n_seq, width, dtype=torch.long)
-    for i, (s, c) in enumerate(zip(seqs, comp)):
-        input_ids[i, : len(s)] = torch.tensor(s)
-        attention[i, : len(s)] = 1
-        completion[i, : len(c)] = torch.tensor(c)
-    pixel_dim = 3 * v.temporal_patch_size * v.patch_size ** 2
-    batch = {
-        "input_ids": input_ids, "attention_mask": attention, "completion_mask": completion,
-        "pixel_values": torch.randn(n_seq * n_patches, pixel_dim, generator=g),
-        "image_grid_thw": torch.tensor([[1, grid, grid]] * n_seq),
-        "mm_token_type_ids": (input_ids == config.image_token_id).long(),
-    }
-    return {k: t.to(device) for k, t in batch.items()}
+def forwarded(trainer, micro_batches) -> dict:
+    lm = images = patches = 0
+    for idx in micro_batches:
+        batch = trainer.data_collator([dict(trainer.train_dataset[i]) for i in idx])
+        lm += int((batch["segment_ids"] >= 0).sum()) if "segment_ids" in batch else int(batch["attention_mask"].sum())
+        images += int(batch["image_grid_thw"].shape[0])
+        patches += int(batch["pixel_values"].shape[0])
+    return {"lm_tokens": lm, "images": images, "vision_patches": patches}
 
 
-def seq_logps(model, batch, dtype):
-    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-    kwargs = {k: v for k, v in batch.items() if k != "completion_mask"}
-    kwargs["pixel_values"] = kwargs["pixel_values"].to(dtype)
-    out = model(**kwargs, labels=labels, fused_lm_head=True)
-    return out.log_probs.sum(dim=1)
+def step(trainer, micro_batches, device) -> float:
+    """Seconds for collate + training_step of every micro-batch of one prompt (gradients accumulated)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    trainer.current_gradient_accumulation_steps = len(micro_batches)
+    for idx in micro_batches:
+        batch = trainer.data_collator([dict(trainer.train_dataset[i]) for i in idx])
+        trainer.training_step(trainer.model, batch)
+    trainer.model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
-def apo_step(model, batch, beta=0.1):
-    dtype = next(model.parameters()).dtype
-    with torch.no_grad(), model.disable_adapter():
-        ref = seq_logps(model, batch, dtype)
-    pol = seq_logps(model, batch, dtype)
-    loss = apo_loss(pol.view(-1, 1 + K), ref.view(-1, 1 + K), beta=beta)
-    loss.backward()
-
-
-def dpo_step(model, batches, beta=0.1):
-    dtype = next(model.parameters()).dtype
-    for batch in batches:  # each: [chosen..., rejected...] halves
-        with torch.no_grad(), model.disable_adapter():
-            ref = seq_logps(model, batch, dtype)
-        pol = seq_logps(model, batch, dtype)
-        pc, pr = pol.chunk(2)
-        rc, rr = ref.chunk(2)
-        loss = -F.logsigmoid(beta * ((pc - rc) - (pr - rr))).mean() / len(batches)
-        loss.backward()
+def parameter_counts(model) -> dict:
+    lm = vision = 0
+    for name, p in model.named_parameters():
+        if "lora_" in name or "embed_tokens" in name or "lm_head" in name:
+            continue
+        if ".visual." in name or name.startswith("visual") or "model.visual" in name:
+            vision += p.numel()
+        elif "language_model" in name:
+            lm += p.numel()
+    return {"lm_non_embedding": lm, "vision": vision}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke mode with a tiny Qwen2.5-VL config")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--apo-prompts", type=int, default=1, help="prompts per APO micro-batch (1 + K sequences each)")
-    parser.add_argument("--dpo-pairs", type=int, default=2, help="pairs per DPO micro-batch (per-device batch 2)")
-    parser.add_argument("--image-side", type=int, default=448)
-    parser.add_argument("--prompt-len", type=int, default=40)
+    parser.add_argument("--tiny", action="store_true", help="CPU proof that it runs, tiny Qwen2.5-VL config")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--dpo-pairs", type=int, default=2, help="pairs per DPO micro-batch")
+    parser.add_argument("--image-side", type=int, default=448, help="448 = 256 visual tokens")
+    parser.add_argument("--completion-words", type=int, default=120)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100/H200)")
+    parser.add_argument("--variants", default="dpo_pairwise,apo,apo_shared")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_apo_qwen25vl.json"))
     args = parser.parse_args()
-
-    from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2_5_VLForConditionalGeneration
-    from trl.trainer.utils import add_fused_lm_head
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if args.tiny:
-        args.image_side, args.prompt_len = 56, 8
-    completion_lens = [32, 40, 24, 36] if args.tiny else [300, 340, 260, 320, 280, 310, 290, 330]
-    torch.manual_seed(0)
-    config = qwen25vl_config(args.tiny)
-    with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
-    add_fused_lm_head(model)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0,
-                                             target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"))
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.enable_input_require_grads()
-    model.train()
-
-    n = args.apo_prompts
-    apo_batch = make_batch(config, n * (1 + K), args.image_side, args.prompt_len, completion_lens, device)
-    pairs = []
-    for s in range(0, K * n, args.dpo_pairs):
-        m = min(args.dpo_pairs, K * n - s)
-        chosen = make_batch(config, m, args.image_side, args.prompt_len, completion_lens[:1], device, seed=1)
-        rejected = make_batch(config, m, args.image_side, args.prompt_len, completion_lens[1:], device, seed=2 + s)
-        width = max(chosen["input_ids"].shape[1], rejected["input_ids"].shape[1])
-        merged = {}
-        for key in ("input_ids", "attention_mask", "completion_mask", "mm_token_type_ids"):
-            a, b = (F.pad(t[key], (0, width - t[key].shape[1])) for t in (chosen, rejected))
-            merged[key] = torch.cat([a, b])
-        merged["pixel_values"] = torch.cat([chosen["pixel_values"], rejected["pixel_values"]])
-        merged["image_grid_thw"] = torch.cat([chosen["image_grid_thw"], rejected["image_grid_thw"]])
-        pairs.append(merged)
-    tokens = {"apo": int(apo_batch["attention_mask"].sum()) * 2,  # policy + reference forwards
-              "dpo_pairwise": sum(int(p["attention_mask"].sum()) for p in pairs) * 2}
-
-    def run(variant: str) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        apo_step(model, apo_batch) if variant == "apo" else dpo_step(model, pairs)
-        model.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    variants = ["apo", "dpo_pairwise"]
+        torch.set_num_threads(1)
+        args.image_side, args.completion_words = 112, 30
+    variants = args.variants.split(",")
+    n_prompts = args.warmup + args.repeats
+    rows = make_rows(n_prompts, args.image_side, args.completion_words)
     times = {v: [] for v in variants}
-    peak = {}
-    for v in variants:  # warm-up and peak memory, one variant at a time
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        run(v)
-        peak[v] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    for r in range(args.repeats):
-        for v in (variants if r % 2 == 0 else variants[::-1]):
-            times[v].append(run(v))
+    peak, per_prompt, params = {}, {}, None
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model, processor = build_student(tmp / "student", args.tiny, args.image_side, device, dtype)
+        params = parameter_counts(model)
+        setups = {}
+        for v in variants:  # a fresh model per trainer (each trainer adds its own LoRA adapter)
+            if len(setups):
+                model, processor = build_student(tmp / f"student_{v}", args.tiny, args.image_side, device, dtype)
+            setups[v] = make_trainer(v, model, processor, rows, args, tmp)
+            trainer, steps = setups[v]
+            per_prompt[v] = forwarded(trainer, steps[-1])
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            step(trainer, steps[0], device)  # warm-up, and the variant's peak memory
+            peak[v] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+        for r in range(args.warmup, n_prompts):
+            for v in (variants if r % 2 == 0 else variants[::-1]):
+                trainer, steps = setups[v]
+                times[v].append(step(trainer, steps[r], device))
+
     med = {v: statistics.median(times[v]) for v in variants}
+
+    def flops(v):
+        f = per_prompt[v]
+        lm = params["lm_non_embedding"] * f["lm_tokens"] * (2 + 2 + 2)  # policy fwd + bwd (activations), ref fwd
+        vis = params["vision"] * f["vision_patches"] * (2 + 2 + 2)
+        return lm + vis
+
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "tiny": args.tiny, "K": K, "apo_prompts_per_microbatch": n, "dpo_pairs_per_microbatch": args.dpo_pairs,
-        "image_side": args.image_side, "dtype": str(dtype),
-        "seconds_per_prompt": {v: med[v] / n for v in variants},
-        "tokens_per_second": {v: tokens[v] / med[v] for v in variants},
+        "tiny": args.tiny, "K": K, "dtype": str(dtype), "image_side": args.image_side,
+        "completion_words": args.completion_words, "dpo_pairs_per_microbatch": args.dpo_pairs,
+        "repeats": args.repeats, "warmup": args.warmup, "parameters": params,
+        "timed": "collate + training_step (LoRA policy forward+backward, adapter-disabled reference forward) of "
+                 "every micro-batch of one prompt; median seconds per prompt",
+        "seconds_per_prompt": med,
+        "policy_forward_per_prompt": per_prompt,
+        "lm_tokens_per_second": {v: 2 * per_prompt[v]["lm_tokens"] / med[v] for v in variants},
         "peak_gpu_memory_gib": peak,
-        "apo_over_pairwise_time": med["apo"] / med["dpo_pairwise"],
+        "mfu": ({v: flops(v) / med[v] / (args.peak_tflops * 1e12) for v in variants}
+                if device.type == "cuda" else None),
+        "ratios": {f"{a}_over_{b}_time": med[a] / med[b] for a in variants for b in variants if a != b},
         "all_seconds": times,
     }
     out = Path(args.out)
