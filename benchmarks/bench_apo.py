@@ -217,7 +217,7 @@ def main() -> None:
     from rich.table import Table
 
     torch.manual_seed(0)
-    console = Console()
+    console = Console(width=160)  # never truncate the variant names or numbers
     variants = ["dpo_pairwise", "apo", "apo_shared"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

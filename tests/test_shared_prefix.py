@@ -11,7 +11,6 @@ from datasets import Dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cxr_max.errors import DataError
 from cxr_max.training import APOConfig, APOTrainer, DataCollatorForAPO
 from cxr_max.training.shared_prefix import (
     block_attention_mask,
@@ -219,19 +218,20 @@ def test_precomputed_reference_is_the_same_with_the_shared_prefix(lm, tmp_path):
         assert a == pytest.approx(b, abs=TOL)
 
 
-def test_prompt_ending_with_an_image_token_is_an_error(lm):
+def test_prompt_ending_with_an_image_token_falls_back_to_one_sequence_per_candidate(lm, caplog):
     _, tok = lm
     collator = DataCollatorForAPO(tok, shared_prefix=True)
-    rows = [{"prompt": "what is this ", "chosen": "effusion", "rejected": ["edema"], "apo_index": 7}]
-    image_id = tok.convert_tokens_to_ids("<image>")
-    tok_call = collator.processing_class
+    rows = [{"prompt": "what is this <image>", "chosen": "effusion", "rejected": ["edema"], "apo_index": 7}]
+    assert "segment_ids" in collator([dict(rows[0], prompt="what is this ")])
+    tok.image_token_id = tok.convert_tokens_to_ids("<image>")
     try:
-        tok_call.image_token_id = image_id
-        rows[0]["prompt"] = "what is this <image>"
-        with pytest.raises(DataError, match="ends with an image token"):
-            collator(rows)
+        with caplog.at_level("WARNING", logger="cxr_max"):
+            batch = collator(rows)
     finally:
-        del tok_call.image_token_id
+        del tok.image_token_id
+    # every candidate block would start with a copy of the image token: this batch takes the per-candidate layout
+    assert "segment_ids" not in batch and batch["input_ids"].shape[0] == 2 and collator.unshared_batches == 1
+    assert "rows [7]" in caplog.text and "ends with an image token" in caplog.text
 
 
 # ------------------------------------------------------------------------------------------------ tiny LLaVA

@@ -41,6 +41,13 @@ class DataCollatorForAPO(DataCollatorMixin):
     ``negative_mask`` ``[B, K]``, ``negative_weights`` ``[B, K]``, ``apo_index`` ``[B]``,
     ``rejected_teachers`` (list of lists of names) and ``ref_logps`` ``[B, 1 + K]`` when the rows carry them.
 
+    ``shared_prefix=True`` (what :class:`~cxr_max.training.APOTrainer` sets where the model supports it) collates
+    each row into one packed sequence instead (see :mod:`cxr_max.training.shared_prefix`): output keys
+    ``input_ids``, ``segment_ids``, ``position_ids``, ``shift_labels``, ``label_segment`` ``[B, L]``, the image
+    tensors once per row, and the same per-row keys (``candidate_index`` then holds the candidate's number, ``-1``
+    for none). A batch that cannot take it (rows with and without images, a prompt ending with an image token) is
+    collated one sequence per candidate, with a warning, and counted in ``unshared_batches``.
+
     Truncation to ``max_length`` never cuts a prompt: a prompt (with its image tokens) that leaves no room for a
     completion token is a :class:`~cxr_max.errors.DataError` naming the row (bound the image size with the
     processor's ``max_pixels``, or raise ``max_length``). Longer sequences lose the end of their completion --
@@ -57,6 +64,7 @@ class DataCollatorForAPO(DataCollatorMixin):
     truncated: int = field(default=0, init=False)
     sequences: int = field(default=0, init=False)
     truncated_rows: list = field(default_factory=list, init=False)
+    unshared_batches: int = field(default=0, init=False)
 
     @property
     def tokenizer(self):
@@ -121,6 +129,21 @@ class DataCollatorForAPO(DataCollatorMixin):
                 f"max_truncated_share=1.0 to train on cut answers anyway", path="APO rows",
                 row=sorted(set(self.truncated_rows))[:20])
 
+    def _unshareable(self, examples: list[dict], once: dict) -> str | None:
+        """Why this batch cannot take the shared-prefix layout (``None`` when it can): a prompt that ends with an
+        image token (every candidate block starts with a copy of the prompt's last token, which must be text)."""
+        mask = once["attention_mask"].bool()
+        last = torch.stack([once["input_ids"][b][mask[b]][-1] for b in range(len(examples))])
+        image = torch.zeros_like(last, dtype=torch.bool)
+        if "mm_token_type_ids" in once:
+            image |= torch.stack([once["mm_token_type_ids"][b][mask[b]][-1] for b in range(len(examples))]) != 0
+        image_token = getattr(self.processing_class, "image_token_id", None)
+        if image_token is not None:
+            image |= last == image_token
+        if bool(image.any()):
+            return "a prompt ends with an image token"
+        return None
+
     def _shared_batch(self, examples: list[dict], once: dict, done: dict, owners: list[tuple[int, int]],
                       k_max: int) -> dict:
         """The shared-prefix layout (see :mod:`cxr_max.training.shared_prefix`): one packed sequence per row."""
@@ -140,20 +163,10 @@ class DataCollatorForAPO(DataCollatorMixin):
         if self.max_length is not None:
             self._count_cuts(lengths, rows_of)
             comps = [c[: self.max_length - int(prompt_lengths[b])] for (b, _), c in zip(owners, comps)]
-        image_token = getattr(self.processing_class, "image_token_id", None)
         per_row: list[list[list[int]]] = [[] for _ in range(n)]
         for (b, _), c in zip(owners, comps):
             per_row[b].append(c)
-        packed = []
-        for b in range(n):
-            last_is_image = (prefix_types[b] is not None and prefix_types[b][-1] != 0) or \
-                (image_token is not None and prefixes[b][-1] == image_token)
-            if last_is_image:
-                raise DataError("the prompt ends with an image token; shared_prefix copies the prompt's last token "
-                                "into every candidate block, so it must be text (end the prompt with text or the "
-                                "generation prompt, or set APOConfig(shared_prefix=False))", path="APO batch",
-                                row=rows_of_row[b])
-            packed.append(pack_row(prefixes[b], per_row[b], prefix_types[b]))
+        packed = [pack_row(prefixes[b], per_row[b], prefix_types[b]) for b in range(n)]
         tok = self.tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         tensors = pad_packed(packed, pad_id)
@@ -190,11 +203,14 @@ class DataCollatorForAPO(DataCollatorMixin):
         once = self._process_rows([prompts[i] for i in first_seq], [images[i] for i in first_seq], kwargs)
         done = self.processing_class(text=completions, padding_side="right", **kwargs)
         if self.shared_prefix:
-            if once is None:
-                raise DataError("shared_prefix needs every row of a batch to carry images or none to (mixed rows "
-                                "cannot share one processor call); set APOConfig(shared_prefix=False)",
-                                path="APO batch", row=[int(ex.get(INDEX_COLUMN, b)) for b, ex in enumerate(examples)])
-            return self._shared_batch(examples, once, done, owners, k_max)
+            reason = "rows with and without images" if once is None else self._unshareable(examples, once)
+            if reason is None:
+                return self._shared_batch(examples, once, done, owners, k_max)
+            self.unshared_batches += 1
+            logger.warning("APO collator: batch of rows %s collated one sequence per candidate, not with the shared "
+                           "prefix (%s; %d such batch(es) so far)",
+                           [int(ex.get(INDEX_COLUMN, b)) for b, ex in enumerate(examples)], reason,
+                           self.unshared_batches)
         processed = None
         if once is not None:
             n_per_row = [len(images[i]) for i in first_seq]
