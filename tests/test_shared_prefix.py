@@ -158,6 +158,32 @@ def test_llama_shared_prefix_equals_per_candidate(lm, tmp_path, attn):
                    DataCollatorForAPO(tok, max_length=512, shared_prefix=True))
 
 
+def test_llama_lora_with_gradient_checkpointing_equals_per_candidate(lm, tmp_path):
+    """PEFT policy (reference = adapter disabled) and gradient checkpointing: the same numbers on both paths."""
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+
+    folder, tok = lm
+    trainer = APOTrainer(AutoModelForCausalLM.from_pretrained(folder),
+                         args=_args(tmp_path, gradient_checkpointing=True),
+                         train_dataset=Dataset.from_list(_text_rows()), processing_class=tok,
+                         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+    assert trainer.shared_prefix and trainer.ref_model is None
+    # Trainer turns checkpointing on when training starts; here it is turned on as it would be
+    trainer.model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert trainer.model.base_model.model.is_gradient_checkpointing
+    with torch.no_grad():  # a non-zero adapter, so policy and reference differ
+        for n, p in trainer.model.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.05 * torch.randn_like(p))
+    trainer.model.train()
+    examples = [trainer.train_dataset[i] for i in range(3)]
+    old, new = _compare_paths(trainer, examples, DataCollatorForAPO(tok, max_length=512),
+                              DataCollatorForAPO(tok, max_length=512, shared_prefix=True))
+    assert all("lora_" in n for n in new[4])
+    assert (old[0] - old[2]).abs().max() > 1e-3  # policy != reference
+
+
 def test_shared_prefix_forwards_fewer_tokens_and_cuts_like_the_old_path(lm):
     _, tok = lm
     rows = _text_rows()
