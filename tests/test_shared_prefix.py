@@ -208,16 +208,17 @@ def test_shared_prefix_forwards_fewer_tokens_and_cuts_like_the_old_path(lm):
     assert torch.equal(counts, expected)
 
 
-def test_unsupported_model_runs_the_old_path_with_one_message(lm, tmp_path, capsys):
+def test_unsupported_model_runs_the_old_path_with_one_message(lm, tmp_path, caplog):
     from transformers import AutoModelForCausalLM
 
     folder, tok = lm
     model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
     model.config.model_type = "gpt2"  # not verified: the per-candidate path runs, with a message saying why
-    trainer = APOTrainer(model, args=_args(tmp_path), train_dataset=Dataset.from_list(_text_rows()),
-                         processing_class=tok)
+    with caplog.at_level("WARNING", logger="cxr_max"):
+        trainer = APOTrainer(model, args=_args(tmp_path), train_dataset=Dataset.from_list(_text_rows()),
+                             processing_class=tok)
     assert not trainer.shared_prefix
-    assert capsys.readouterr().out.count("shared-prefix forward off") == 1
+    assert caplog.text.count("shared-prefix forward off") == 1 and "'gpt2'" in caplog.text
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     assert "segment_ids" not in batch
     with pytest.raises(ValueError, match="shared_prefix=True"):

@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 
 from cxr_max.training import APOConfig, APOTrainer
 from cxr_max.training.tiny import IMAGE, TinyVLMSpec, tiny_vlm
+from cxr_max.training.tiny_qwen import qwen_available
 
 PROMPT = "This is a patient's chest DR image. Please help me determine the patient's disease."
 FINDINGS = {"left": "<think> The left costophrenic angle is blunted. </think>The disease of this patient is pleural effusion.",
@@ -132,6 +133,9 @@ def test_sft_on_tiny_student_drops_the_loss(vlm_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.qwen
+@pytest.mark.skipif(not qwen_available(),
+                    reason="the script builds a real Qwen2_5_VLProcessor (torchvision); make test runs it in .venv-qwen")
 def test_gpu_benchmark_script_tiny_smoke_mode(tmp_path):
     import json
     import subprocess
@@ -145,8 +149,10 @@ def test_gpu_benchmark_script_tiny_smoke_mode(tmp_path):
                                                                             "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_tiny.json").read_text())
-    assert result["tiny"] and set(result["tokens_per_second"]) == {"apo", "dpo_pairwise"}
-    assert all(v > 0 for v in result["tokens_per_second"].values())
+    assert result["tiny"] and set(result["lm_tokens_per_second"]) == {"apo", "apo_shared", "dpo_pairwise"}
+    assert all(v > 0 for v in result["lm_tokens_per_second"].values())
+    forwarded = result["policy_forward_per_prompt"]
+    assert forwarded["apo_shared"]["images"] == 1 < forwarded["apo"]["images"] == 8 < forwarded["dpo_pairwise"]["images"]
 
 
 @pytest.mark.slow

@@ -23,8 +23,12 @@ TRL internals this subclass relies on (``trl`` is pinned to the tested minor rel
 fails naming the internal when a new TRL changes one): ``DPOTrainer._precompute_ref_logps`` (overridden, called
 by ``DPOTrainer.__init__``), ``_precompute_model_hash`` and ``_precompute_engine`` (set by ``__init__``),
 ``_metrics`` (``{"train"|"eval": defaultdict(list)}``, averaged by ``log``), the fused LM head
-(``model(..., labels=, fused_lm_head=True).log_probs``), ``trl.models.prepare_deepspeed`` and
-``loss_is_scaled_for_ga = False`` (the loss is per micro-batch; ``Trainer`` scales it for gradient accumulation).
+(``model(..., labels=, fused_lm_head=True).log_probs``; with ``shift_labels=`` for the shared-prefix layout),
+``trl.models.prepare_deepspeed`` and ``loss_is_scaled_for_ga = False`` (the loss is per micro-batch; ``Trainer``
+scales it for gradient accumulation).
+
+Shared prefix (``APOConfig.shared_prefix``, default on where supported): each row's prompt and image are forwarded
+once for all its candidates, in one packed sequence with a block mask (:mod:`cxr_max.training.shared_prefix`).
 """
 
 from __future__ import annotations
@@ -277,7 +281,6 @@ class APOTrainer(DPOTrainer):
         message = (f"APO: shared-prefix forward off ({reason}); every candidate forwards its own copy of the prompt "
                    "and image")
         logger.warning(message)
-        print(message)
         return False
 
     @staticmethod
@@ -338,7 +341,8 @@ class APOTrainer(DPOTrainer):
         model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
         segments = inputs["segment_ids"]
         config = next((m.config for m in model.modules() if isinstance(m, PreTrainedModel)), None)
-        attn = getattr(config, "_attn_implementation", None) or "sdpa"
+        text_config = config.get_text_config() if config is not None else None
+        attn = getattr(text_config, "_attn_implementation", None) or "sdpa"
         model_kwargs["attention_mask"] = block_attention_mask(segments, boolean=attn != "eager")
         rope_index = find_rope_index(model) if "image_grid_thw" in inputs else None
         if rope_index is not None and "mm_token_type_ids" in inputs:

@@ -45,7 +45,9 @@ def shared_prefix_support(config: Any, attn_implementation: str | None = None) -
         text_type = getattr(text, "model_type", None)
         if text_type not in text_types:
             return f"{model_type} with a {text_type!r} language model is not verified (only {sorted(text_types)})"
-    attn = attn_implementation or getattr(config, "_attn_implementation", None) or "sdpa"
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    attn = attn_implementation or getattr(text, "_attn_implementation", None) or \
+        getattr(config, "_attn_implementation", None) or "sdpa"
     if attn not in SUPPORTED_ATTENTION:
         return (f"attention implementation {attn!r} takes no custom 4-D mask (use 'sdpa' or 'eager'; varlen / "
                 "FlexAttention kernels are not wired in yet)")
