@@ -15,7 +15,8 @@ model (the released setting), gradient checkpointing; the reference is the same 
 
 Timed: collate + ``training_step`` (forward, backward, reference forward) per prompt, alternating variants,
 medians. Reported: seconds per prompt, language-model tokens forwarded per prompt (policy; the reference the same
-again) and tokens/s, peak GPU memory per variant (``torch.cuda.max_memory_allocated`` over its steps), and MFU =
+again) and tokens/s, peak GPU memory per variant over its first step (``torch.cuda.max_memory_allocated``, and its
+rise over what was allocated when the step began, since the variants built earlier stay resident), and MFU =
 model FLOPs / time / the GPU's dense bf16 peak (``--peak-tflops``), with model FLOPs counted as 2 N per token for
 each forward (policy and reference) and 2 N per policy token for the backward (LoRA: no weight gradients of the
 frozen matrices), N = the language model's non-embedding parameters, plus the vision tower likewise per patch;
@@ -223,11 +224,18 @@ def main() -> None:
             setups[v] = make_trainer(v, model, processor, rows, args, tmp)
             trainer, steps = setups[v]
             per_prompt[v] = forwarded(trainer, steps[-1])
+            before = 0
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
             step(trainer, steps[0], device)  # warm-up, and the variant's peak memory
-            peak[v] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+            if device.type == "cuda":
+                # the rise over what was allocated when the step began (the variants built before stay resident)
+                peak[v] = {"peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+                           "rise_gib": (torch.cuda.max_memory_allocated() - before) / 2**30}
+            else:
+                peak[v] = None
         for r in range(args.warmup, n_prompts):
             for v in (variants if r % 2 == 0 else variants[::-1]):
                 trainer, steps = setups[v]
