@@ -62,6 +62,25 @@ def test_candidate_sums_by_hand():
     assert sums.tolist() == [[-3.0, 0.0, -4.0, 0.0]] and counts.tolist() == [[2, 0, 1, 0]]
 
 
+def test_repeat_rows_by_hand():
+    from cxr_max.training.collator import _repeat_rows
+
+    # two rows with 2 and 1 images; row 0 has 2 candidates, row 1 has 1
+    row_of_seq = torch.tensor([0, 0, 1])
+    per_image = {"input_ids": torch.tensor([[1, 2], [3, 4]]), "pixel_values": torch.tensor([[10.], [11.], [12.]])}
+    out = _repeat_rows(per_image, [2, 1], row_of_seq)
+    assert out["input_ids"].tolist() == [[1, 2], [1, 2], [3, 4]]
+    assert out["pixel_values"].flatten().tolist() == [10, 11, 10, 11, 12]
+    # Qwen-style: pixel_values per patch (t * h * w rows per image), image_grid_thw per image
+    per_patch = {"input_ids": torch.tensor([[1], [2]]), "image_grid_thw": torch.tensor([[1, 1, 2], [1, 1, 1]]),
+                 "pixel_values": torch.tensor([[0.], [1.], [2.]])}
+    out = _repeat_rows(per_patch, [1, 1], torch.tensor([0, 1, 1]))
+    assert out["pixel_values"].flatten().tolist() == [0, 1, 2, 2]
+    assert out["image_grid_thw"].tolist() == [[1, 1, 2], [1, 1, 1], [1, 1, 1]]
+    # a tensor in no known layout: the caller processes every sequence instead
+    assert _repeat_rows({"input_ids": torch.zeros(2, 1), "odd": torch.zeros(5)}, [1, 1], row_of_seq) is None
+
+
 def test_support_matrix():
     from transformers import GPT2Config, LlamaConfig
 
