@@ -51,21 +51,32 @@ class CritiqueArguments:
     min_pixels: int | None = field(default=None, metadata={"help": "Qwen-VL processors: fewest pixels per image."})
     max_pixels: int | None = field(default=None, metadata={"help": "Qwen-VL processors: most pixels per image "
                                    "(1003520 in the Qwen YAMLs; None: the processor's own)."})
+    vision_lr: float | None = field(default=None, metadata={"help": "Learning rate of the vision encoder (None: "
+                                    "--learning_rate for everything; 0 freezes it)."})
+    projector_lr: float | None = field(default=None, metadata={"help": "Learning rate of the projector (None: "
+                                       "--vision_lr)."})
 
 
 APO_COLUMNS = ("images", "prompt", "chosen", "rejected", "rejected_teachers", "rejected_weights", "rejected_agreement")
 
 
-def stage_options(script_args: CritiqueArguments, stage: str, in_process: bool) -> dict:
+def stage_options(script_args: CritiqueArguments, stage: str, in_process: bool, training_args=None) -> dict:
     """``run_stage`` keywords shared by critique and the DPO baseline: the data record (after the
-    ``require_data`` check), the LoRA scope and the image bound."""
+    ``require_data`` check), the LoRA scope, the image bound and the vision side's own learning rate
+    (``cxr_max.training.multimodal.vision_optimizer``, when ``--vision_lr`` is set)."""
     if not in_process:
         require_data_location(script_args.require_data, stage, data_dir=script_args.data_dir,
                               dataset_path=script_args.dataset_path)
     data = describe_data(data_dir=script_args.data_dir, dataset_path=script_args.dataset_path,
                          in_process=in_process, stage=stage)
-    return dict(data=data, freeze_vit=script_args.freeze_vit, min_pixels=script_args.min_pixels,
-                max_pixels=script_args.max_pixels, hub_dataset_id=script_args.hub_dataset_id)
+    options = dict(data=data, freeze_vit=script_args.freeze_vit, min_pixels=script_args.min_pixels,
+                   max_pixels=script_args.max_pixels, hub_dataset_id=script_args.hub_dataset_id)
+    if script_args.vision_lr is not None:
+        from cxr_max.training.multimodal import vision_optimizer
+
+        options["optimizer_cls_and_kwargs"] = vision_optimizer(training_args, script_args.vision_lr,
+                                                               script_args.projector_lr)
+    return options
 
 
 def preference_rows(script_args: CritiqueArguments, dataset=None):
@@ -84,7 +95,7 @@ def main(script_args: CritiqueArguments, training_args: APOConfig, model_args: M
     cpu_safe(training_args)
     if not model_args.model_name_or_path:
         raise ValueError("critique needs --model_name_or_path: the learn stage's output folder")
-    options = stage_options(script_args, "critique", in_process=dataset is not None)
+    options = stage_options(script_args, "critique", in_process=dataset is not None, training_args=training_args)
     dataset = preference_rows(script_args, dataset)
 
     out, trainer = run_stage(APOTrainer, dataset, training_args, model_args, model_path=model_args.model_name_or_path,

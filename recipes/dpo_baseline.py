@@ -28,7 +28,7 @@ def main(script_args: CritiqueArguments, training_args: DPOConfig, model_args: M
     cpu_safe(training_args)
     if not model_args.model_name_or_path:
         raise ValueError("dpo_baseline needs --model_name_or_path: the learn stage's output folder")
-    options = stage_options(script_args, "dpo", in_process=dataset is not None)
+    options = stage_options(script_args, "dpo", in_process=dataset is not None, training_args=training_args)
     dataset = preference_rows(script_args, dataset)
     pairs = expand_pairwise(dataset).remove_columns("rejected_teacher")
     pairs = pairs.remove_columns([c for c in ("rejected_agreement",) if c in pairs.column_names])

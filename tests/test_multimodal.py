@@ -8,6 +8,7 @@ from cxr_max.training.multimodal import (
     VisionLROptimizer,
     finding_caption,
     finding_captions,
+    is_projector_parameter,
     is_vision_parameter,
     vision_optimizer,
 )
@@ -43,6 +44,36 @@ def test_vision_optimizer_gives_the_vision_side_its_own_rate(tmp_path):
     assert lr_of[id(named["model.multi_modal_projector.linear_2.bias"])] == (3e-4, 0.0)  # no decay on biases
     assert lr_of[id(named["lm_head.weight"])] == (3e-3, 0.01)
     assert lr_of[id(named["model.language_model.norm.weight"])] == (3e-3, 0.0)
+
+
+@pytest.mark.parametrize("name, projector", [
+    ("model.multi_modal_projector.linear_1.weight", True),  # LLaVA
+    ("model.visual.merger.mlp.0.weight", True),  # Qwen2.5-VL's merger sits under visual
+    ("model.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight", False),
+    ("model.visual.blocks.0.attn.qkv.weight", False),
+    ("lm_head.weight", False),
+])
+def test_projector_parameters_by_module_name(name, projector):
+    assert is_projector_parameter(name) is projector
+
+
+def test_vision_lr_zero_freezes_the_tower_and_the_projector_keeps_its_own_rate(tmp_path):
+    from trl import SFTConfig
+
+    model, _ = tiny_vlm(list(FINDINGS.values()) + [PROMPT], spec=SMALL)
+    args = SFTConfig(str(tmp_path), learning_rate=3e-3, weight_decay=0.0, use_cpu=True, report_to="none")
+    cls, kwargs = vision_optimizer(args, vision_lr=0.0, projector_lr=1e-3)
+    opt = cls()(model, **kwargs)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    tower = [p for n, p in named.items() if "vision_tower" in n]
+    assert tower and not any(p.requires_grad or id(p) in lr_of for p in tower)  # frozen, not in the optimizer
+    assert lr_of[id(named["model.multi_modal_projector.linear_1.weight"])] == 1e-3
+    assert lr_of[id(named["lm_head.weight"])] == 3e-3
+    # projector_lr=None: the projector follows vision_lr (the earlier behaviour), so both freeze at 0
+    model2, _ = tiny_vlm(list(FINDINGS.values()) + [PROMPT], spec=SMALL)
+    cls()(model2, **vision_optimizer(args, vision_lr=0.0)[1])
+    assert not any(p.requires_grad for n, p in model2.named_parameters() if is_vision_parameter(n))
 
 
 def test_vision_lr_on_a_model_without_vision_is_an_error(tmp_path):

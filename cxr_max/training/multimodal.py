@@ -29,6 +29,15 @@ VISION_MODULES: tuple[str, ...] = ("vision_tower", "multi_modal_projector", "vis
                                    "mm_projector")
 
 
+PROJECTOR_MODULES: tuple[str, ...] = ("multi_modal_projector", "mm_projector", "connector", "merger")
+
+
+def is_projector_parameter(name: str) -> bool:
+    """Whether a parameter belongs to the projector between vision tower and language model (Qwen-VL's merger
+    sits inside ``visual``; LLaVA's ``multi_modal_projector`` beside the tower)."""
+    return any(fragment in name.split(".") for fragment in PROJECTOR_MODULES)
+
+
 def is_vision_parameter(name: str) -> bool:
     """Whether a parameter (by its ``named_parameters`` name) belongs to the vision encoder or projector."""
     parts = name.split(".")
@@ -44,30 +53,39 @@ class VisionLROptimizer:
     """
 
     def __call__(self, model: torch.nn.Module, *, learning_rate: float, vision_lr: float, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 projector_lr: float | None = None) -> torch.optim.AdamW:
         from transformers import Trainer
 
         decay = set(Trainer.get_decay_parameter_names(None, model))
-        groups: dict[tuple[bool, bool], list] = {}
+        rates = {"text": learning_rate, "vision": vision_lr,
+                 "projector": vision_lr if projector_lr is None else projector_lr}
+        groups: dict[tuple[str, bool], list] = {}
         for name, param in model.named_parameters():
             if param.requires_grad:
-                groups.setdefault((is_vision_parameter(name), name in decay), []).append(param)
-        if not any(vision for vision, _ in groups):
+                kind = "projector" if is_projector_parameter(name) else \
+                    "vision" if is_vision_parameter(name) else "text"
+                if rates[kind] == 0:
+                    param.requires_grad_(False)  # a rate of 0 freezes: no gradient is computed or stored
+                    continue
+                groups.setdefault((kind, name in decay), []).append(param)
+        if not any(kind != "text" for kind, _ in groups) and vision_lr != 0:
             raise ValueError(f"vision_lr={vision_lr} but {type(model).__name__} has no trainable vision parameters "
                              f"(looked for modules named {', '.join(VISION_MODULES)})")
-        params = [{"params": ps, "lr": vision_lr if vision else learning_rate,
-                   "weight_decay": weight_decay if decayed else 0.0}
-                  for (vision, decayed), ps in sorted(groups.items())]
+        params = [{"params": ps, "lr": rates[kind], "weight_decay": weight_decay if decayed else 0.0}
+                  for (kind, decayed), ps in sorted(groups.items())]
         return torch.optim.AdamW(params, lr=learning_rate, betas=betas, eps=eps)
 
 
-def vision_optimizer(training_args, vision_lr: float) -> tuple[type, dict]:
+def vision_optimizer(training_args, vision_lr: float, projector_lr: float | None = None) -> tuple[type, dict]:
     """``optimizer_cls_and_kwargs`` for a trainer: :class:`VisionLROptimizer` with ``training_args``' AdamW
     settings. A model without trainable vision parameters raises ``ValueError`` when the optimizer is built,
-    so a configured ``vision_lr`` is never silently ignored."""
+    so a configured ``vision_lr`` is never silently ignored. ``projector_lr`` (None: ``vision_lr``) is the
+    projector's own rate; a rate of 0 freezes that part (``vision_lr=0``: a frozen, pretrained tower)."""
     return VisionLROptimizer, {
         "learning_rate": training_args.learning_rate,
         "vision_lr": vision_lr,
+        "projector_lr": projector_lr,
         "weight_decay": training_args.weight_decay,
         "betas": (training_args.adam_beta1, training_args.adam_beta2),
         "eps": training_args.adam_epsilon,

@@ -18,8 +18,6 @@ def load_rows(dataset_path: str | None, config: str, split: str, **builder_kwarg
 
     ``builder_kwargs`` with value ``None`` are dropped, so the builder's own defaults apply.
     """
-    from datasets import load_dataset as hf_load
-
     if dataset_path:
         p = Path(dataset_path)
         if not p.exists():
@@ -28,8 +26,10 @@ def load_rows(dataset_path: str | None, config: str, split: str, **builder_kwarg
             else [str(p)]
         if not files:
             raise FileNotFoundError(f"no .json/.jsonl/.parquet files under {dataset_path}")
-        kind = "parquet" if files[0].endswith(".parquet") else "json"
-        return hf_load(kind, data_files=files, split="train")
+        # the packaged readers directly: `load_dataset("json", ...)` would first ping the Hub's download counter
+        from datasets import Dataset
+
+        return Dataset.from_parquet(files) if files[0].endswith(".parquet") else Dataset.from_json(files)
     import cxr_max
 
     kwargs = {k: v for k, v in builder_kwargs.items() if v is not None}
