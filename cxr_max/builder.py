@@ -37,7 +37,7 @@ from datasets.builder import Key
 from cxr_max.errors import DataError, SkipLog, handle, logger
 from cxr_max.labels import CHEXPERT_LABELS, MS_CXR_T_FINDINGS, label_key
 from cxr_max.trajectories.io import FULL_SCHEMA, iter_trajectory_batches, list_trajectory_files, resolve_duplicates
-from cxr_max.trajectories.prompts import IMAGE_TOKEN
+from cxr_max.trajectories.prompts import IMAGE_TOKEN, chat_content
 from cxr_max.trajectories.schema import ARROW_SCHEMA, LATERALITY_TYPE
 
 CONFIG_NAMES = ("mimic", "trajectories", "studies", "sft", "apo", "ms_cxr_t")
@@ -274,23 +274,15 @@ def _image_column(paths: pa.Array, cfg: CxrMaxConfig) -> pa.Array:
 def _message_array(role: str, texts: pa.Array, with_image: bool) -> pa.Array:
     """A list-of-messages column from a text column: ``[{"role", "content": [image?, text]}]``.
 
-    In a user prompt the image part goes where ``<image>`` was (start when absent).
+    In a user prompt the image part goes where ``<image>`` was
+    (:func:`~cxr_max.trajectories.prompts.chat_content`: at the start when absent).
     """
     rows = []
     for t in texts.to_pylist():
-        content = []
-        t = t or ""
         if with_image:
-            before, marker, after = t.partition(IMAGE_TOKEN)
-            if not marker:
-                before, after = "", t
-            if before.strip():
-                content.append({"type": "text", "text": before.strip()})
-            content.append({"type": "image", "text": None})
-            if after.strip():
-                content.append({"type": "text", "text": after.strip()})
+            content = chat_content(t, {"type": "image", "text": None})
         else:
-            content.append({"type": "text", "text": t})
+            content = [{"type": "text", "text": t or ""}]
         rows.append([{"role": role, "content": content}])
     return pa.array(rows)
 

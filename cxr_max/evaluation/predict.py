@@ -1,33 +1,25 @@
-"""Ask a student (any image-text-to-text checkpoint) the diagnosis question and score it per finding.
+"""Ask a student (any image-text-to-text checkpoint) the diagnosis question.
 
-Used by ``recipes/apo.py`` to print the student after each stage beside the teachers. Scoring is
-presence accuracy per finding against the truth labels: a finding is predicted present when the
-label extractor reads it as positive (1); images whose true label is uncertain (-1) are left out of
-that finding. A refusal or an empty answer predicts nothing present.
+Used by ``recipes/apo.py`` to print the student after each stage beside the teachers. The answers are
+scored by :func:`cxr_max.evaluation.runner.presence_accuracy` (presence accuracy per finding, with
+intervals) and :func:`cxr_max.evaluation.runner.agreement` (consistency across runs); this module
+only asks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-
-from cxr_max.evaluation.labeler import label_reports
-from cxr_max.trajectories.prompts import IMAGE_TOKEN, render_prompt
+from cxr_max.trajectories.prompts import chat_content, render_prompt
 
 # Findings the synthetic world draws, named as in the paper's table where it has them.
 TABLE_FINDINGS: tuple[str, ...] = ("Consolidation", "Pleural Effusion", "Pneumothorax", "Edema", "Cardiomegaly", "Atelectasis")
 
 
 def user_message(prompt: str) -> list[dict]:
-    """A chat user turn with the image where ``<image>`` stands (at the start when absent)."""
-    before, marker, after = prompt.partition(IMAGE_TOKEN)
-    if not marker:
-        before, after = "", prompt
-    content = ([{"type": "text", "text": before.strip()}] if before.strip() else []) + [{"type": "image"}]
-    if after.strip():
-        content.append({"type": "text", "text": after.strip()})
-    return [{"role": "user", "content": content}]
+    """A chat user turn with the image where ``<image>`` stands (:func:`~cxr_max.trajectories.prompts.chat_content`:
+    at the start when absent)."""
+    return [{"role": "user", "content": chat_content(prompt)}]
 
 
 def generate_answers(
@@ -65,35 +57,6 @@ def generate_answers(
             out.extend(answers)
             bar.advance(task, len(batch))
     return out
-
-
-def finding_accuracy(
-    predictions: Sequence[str], truths: Sequence[Mapping[str, float | None]], findings: Sequence[str] = TABLE_FINDINGS
-) -> dict[str, float]:
-    """Presence accuracy per finding and their mean (``"Avg"``); see the module docstring for the rule."""
-    if len(predictions) != len(truths):
-        raise ValueError(f"{len(predictions)} predictions for {len(truths)} truths")
-    pred = label_reports(list(predictions))
-    res = {}
-    for f in findings:
-        t = np.array([tr.get(f) for tr in truths], dtype=object)
-        keep = np.array([v != -1.0 for v in t])
-        p = np.array([(lab or {}).get(f) == 1.0 for lab in pred])
-        y = np.array([v == 1.0 for v in t])
-        res[f] = float((p[keep] == y[keep]).mean()) if keep.any() else float("nan")
-    res["Avg"] = float(np.nanmean([res[f] for f in findings]))
-    return res
-
-
-def consistency(answers_by_run: Sequence[Sequence[str]], findings: Sequence[str] = TABLE_FINDINGS) -> float:
-    """Share of (image, finding) whose extracted presence is the same in every run (samples or prompts)."""
-    runs = [label_reports(list(a)) for a in answers_by_run]
-    n = len(runs[0])
-    same = 0
-    for i in range(n):
-        for f in findings:
-            same += len({(run[i] or {}).get(f) == 1.0 for run in runs}) == 1
-    return same / (n * len(findings)) if n else float("nan")
 
 
 def image_dependence(model_dir: str, rows: Sequence[Mapping], *, shift: int = 1, batch_size: int = 16) -> dict[str, float]:

@@ -8,9 +8,9 @@ What it measures (every headline number carries a 95 % percentile-bootstrap inte
 
 - **presence accuracy per finding**: a finding is predicted present when the label extractor
   (:func:`cxr_max.evaluation.labeler.label_reports`) reads it as positive (1.0); images whose true label is
-  uncertain (-1.0) are left out of that finding; a refusal or empty answer predicts nothing present. This is
-  the rule of :func:`cxr_max.evaluation.predict.finding_accuracy`, with intervals. ``Avg`` is the mean over
-  findings, bootstrapped on the same resamples.
+  uncertain (-1.0) are left out of that finding; a refusal or empty answer predicts nothing present
+  (:func:`presence_accuracy`, the project's one presence accuracy). ``Avg`` is the mean over findings,
+  bootstrapped on the same resamples.
 - **label F1** (:func:`clinical_metrics`) of the extracted labels against the truth labels of the ``mimic``
   config (14 CheXpert labels and the 5 common findings).
 - **report metrics** (:func:`report_metrics`: BLEU, ROUGE-L, CIDEr-D) of the answer against the report
@@ -295,16 +295,15 @@ def finding_state(text: str, finding: str) -> float:
     Presence comes from the rule labeler; the grade from size words ("small/mild" 1, "moderate" 2,
     "large/severe" 3) in the clauses that mention the finding; a positive without a size word is 2.
     """
-    from cxr_max.evaluation.labeler import _MENTION_RX, label_report
+    from cxr_max.evaluation.labeler import label_report, mentions
 
     status = label_report(text).get(finding)
     if status == -1.0:
         return 0.5
     if status != 1.0:
         return 0.0
-    rx = _MENTION_RX[finding]
     for clause in _CLAUSES.split(text):
-        if clause and rx.search(clause):
+        if clause and mentions(clause, finding):
             for grade_rx, grade in _GRADES:
                 if grade_rx.search(clause):
                     return grade

@@ -3,7 +3,8 @@
 A registry's ``prompt_template`` names a template set: a system prompt (or none) plus the user
 templates of the three tasks (``diagnose``: the authors' disease-determination prompt; ``explain``:
 the paper's task, image + known diagnoses, explain the radiographic basis; ``report``: free report
-generation). The image goes where the template has ``<image>``, as an OpenAI ``image_url`` part.
+generation). The image goes where the template has ``<image>``, as an OpenAI ``image_url`` part
+(:func:`cxr_max.trajectories.prompts.chat_content`, the layout the builder and evaluation use too).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from cxr_max.trajectories.prompts import IMAGE_TOKEN, TEMPLATES, render_prompt
+from cxr_max.trajectories.prompts import IMAGE_TOKEN, TEMPLATES, chat_content, render_prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,13 +39,7 @@ def build_messages(task: str, image_url: str, diagnoses: Sequence[str] = (), tem
     if task not in tset.tasks:
         raise ValueError(f"template set {template!r} has no task {task!r}; it has {list(tset.tasks)}")
     prompt = render_prompt(task, diagnoses)
-    before, _, after = prompt.partition(IMAGE_TOKEN)
-    content: list[dict] = []
-    if before.strip():
-        content.append({"type": "text", "text": before.rstrip()})
-    content.append({"type": "image_url", "image_url": {"url": image_url}})
-    if after.strip():
-        content.append({"type": "text", "text": after.lstrip()})
+    content = chat_content(prompt, {"type": "image_url", "image_url": {"url": image_url}})
     messages: list[dict] = []
     if tset.system:
         messages.append({"role": "system", "content": tset.system})

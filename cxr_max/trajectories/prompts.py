@@ -1,10 +1,12 @@
 """Prompt templates for the three teacher tasks.
 
-- ``diagnose``: the authors' own row format (REFERENCE section 2), used for the SFT/APO configs.
+- ``diagnose``: the authors' own row format (docs/data.md, "The authors' rows"), used for the SFT/APO configs.
 - ``explain``: the paper's collection task: the image plus the known diagnoses, explain the basis.
 - ``report``: free report generation (FINDINGS and IMPRESSION).
 
-``<image>`` marks where the image goes; chat clients put the image part there.
+``<image>`` marks where the image goes; :func:`chat_content` turns a prompt into the chat content
+parts (text before the marker, the image part, text after) for every caller: the dataset builder,
+the evaluation runner and the teacher requests, so training, evaluation and teachers see one layout.
 """
 
 from __future__ import annotations
@@ -25,6 +27,29 @@ TEMPLATES: dict[str, str] = {
         "<think></think>, then give the FINDINGS and IMPRESSION sections."
     ),
 }
+
+
+def chat_content(prompt: str | None, image_part: dict | None = None) -> list[dict]:
+    """The chat content parts of a user prompt with one image.
+
+    The text before the first ``<image>`` (stripped, left out when empty), then ``image_part``
+    (default ``{"type": "image"}``; the builder passes its Arrow-typed part, the teacher client an
+    OpenAI ``image_url`` part), then the text after it (stripped, left out when empty). Later
+    ``<image>`` markers stay in the text. **Missing marker: the image goes first**, before the whole
+    prompt, as in the authors' rows (image, then question). ``None`` reads as an empty prompt.
+    """
+    part = {"type": "image"} if image_part is None else dict(image_part)
+    text = prompt or ""
+    before, marker, after = text.partition(IMAGE_TOKEN)
+    if not marker:
+        before, after = "", text
+    content: list[dict] = []
+    if before.strip():
+        content.append({"type": "text", "text": before.strip()})
+    content.append(part)
+    if after.strip():
+        content.append({"type": "text", "text": after.strip()})
+    return content
 
 
 def format_diagnoses(diagnoses: Sequence[str]) -> str:
