@@ -111,7 +111,7 @@ def _before_after(commit: str, preds: list[str], refs: list[str], texts: list[st
     per_text = {}
     for name, sample in (("iu_xray_or_synthetic_reports", list(dict.fromkeys(texts))),
                          ("teacher_completions", list(dict.fromkeys(_teacher_texts())))):
-        new_lab._clause_findings.cache_clear()
+        new_lab.clear_clause_cache()
         before = _per_text_ms(old_lab.label_report_full, sample)
         cold = _per_text_ms(new_lab.label_report_full, sample)
         warm = _per_text_ms(new_lab.label_report_full, sample)

@@ -36,6 +36,7 @@ from datasets.builder import Key
 
 from cxr_max.errors import DataError, SkipLog, handle, logger
 from cxr_max.labels import CHEXPERT_LABELS, MS_CXR_T_FINDINGS, label_key
+from cxr_max.mimic.images import image_problem
 from cxr_max.trajectories.io import FULL_SCHEMA, iter_trajectory_batches, list_trajectory_files, resolve_duplicates
 from cxr_max.trajectories.prompts import IMAGE_TOKEN, chat_content
 from cxr_max.trajectories.schema import ARROW_SCHEMA, LATERALITY_TYPE
@@ -345,49 +346,9 @@ def loaded_code_digest() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Image checks (run in the workers, on the images the rows being written join to)
+# Image checks (run in the workers, on the images the rows being written join to):
+# :func:`cxr_max.mimic.images.image_problem`
 
-
-def image_problem(path: str | None, level: str) -> str | None:
-    """What is wrong with one image file, or None. ``level``: "exists", "verify" or "decode".
-
-    "verify" checks the file is not empty, starts with a JPEG (or PNG) signature, is readable by
-    PIL and, for a JPEG, ends with the end-of-image marker ``FF D9`` (trailing zero padding allowed):
-    a download cut short fails here. "decode" decodes the pixels in full (slow on real copies).
-    """
-    if not path:
-        return "missing image path"
-    try:
-        size = os.path.getsize(path)
-    except OSError:
-        return "missing image file"
-    if level == "exists":
-        return None
-    if size == 0:
-        return "empty image file"
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            f.seek(max(0, size - 64))
-            tail = f.read().rstrip(b"\x00")
-    except OSError as e:
-        return f"unreadable image file ({e.strerror})"
-    is_jpeg = head[:2] == b"\xff\xd8"
-    if not is_jpeg and head != b"\x89PNG\r\n\x1a\n" and not head.startswith(b"DICM"):
-        return "not a JPEG or PNG file (bad signature)"
-    if is_jpeg and not tail.endswith(b"\xff\xd9"):
-        return "truncated JPEG (no end-of-image marker)"
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if level == "decode":
-                im.load()
-            else:
-                im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        return f"corrupt image file ({e})"
-    return None
 
 
 class _BadInput(datasets.exceptions.DatasetGenerationError):
@@ -976,7 +937,7 @@ class CxrMax(datasets.ArrowBasedBuilder):
         return pa.table(cols)
 
     def _apo_table(self, path: str, split: str) -> pa.Table:
-        from cxr_max.trajectories.io import _iter_json_lines, _open_text  # one JSON reader for the project
+        from cxr_max.trajectories.io import iter_json_lines, read_maybe_gzip  # one JSON reader for the project
 
         p = Path(path)
         if p.suffix == ".parquet":
@@ -984,7 +945,7 @@ class CxrMax(datasets.ArrowBasedBuilder):
 
             rows = list(enumerate(pq.read_table(p).to_pylist(), start=1))
         else:
-            rows = list(_iter_json_lines(p, _open_text(p), self.config.on_error, self._skips))
+            rows = list(iter_json_lines(p, read_maybe_gzip(p), self.config.on_error, self._skips))
         good = []
         for lineno, r in rows:
             problem = _preference_problem(r)
@@ -1093,14 +1054,6 @@ def _preference_problem(r: dict) -> str | None:
 # Registration and the stable entry point
 
 BUILDER_NAME = "cxr_max"
-
-
-def register_with_datasets() -> None:
-    """Make ``datasets.load_dataset("cxr_max", ...)`` resolve to this module: :func:`cxr_max.registration.register`
-    (done by ``import cxr_max``; it changes nothing for any other dataset name)."""
-    from cxr_max.registration import register
-
-    register()
 
 
 def load_dataset(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 CHEXPERT_LABELS: tuple[str, ...] = (
     "Atelectasis",
     "Cardiomegaly",
@@ -36,3 +38,7 @@ PROGRESSION_CLASSES: tuple[str, ...] = ("improving", "stable", "worsening")
 def label_key(name: str) -> str:
     """'Pleural Effusion' -> 'pleural_effusion' (column-safe form used by MS-CXR-T and parquet exports)."""
     return name.lower().replace(" ", "_")
+
+# The 14 labels as one Arrow struct (float32 each: 1.0 / 0.0 / -1.0 / null), shared by the MIMIC tables,
+# the trajectory schema and the labeler's output.
+LABELS_TYPE = pa.struct([pa.field(name, pa.float32()) for name in CHEXPERT_LABELS])

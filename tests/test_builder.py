@@ -82,11 +82,11 @@ def test_registration_with_datasets_load_dataset(tmp_path, monkeypatch):
 def test_registration_fails_clearly_when_datasets_changes(monkeypatch):
     import datasets.load
 
-    from cxr_max.builder import register_with_datasets
+    from cxr_max.registration import register
 
     monkeypatch.delattr(datasets.load, "dataset_module_factory")
     with pytest.raises(RuntimeError, match="cxr_max.load_dataset"):
-        register_with_datasets()
+        register()
 
 
 def test_readme_example_on_a_physionet_style_copy(real_layout, tmp_path):

@@ -127,7 +127,7 @@ def compare(
 
 def _full_panel_rates(panel: Panel, reliability: dict[str, Any]) -> None:
     """Overwrite coverage/refusal numbers with ones over every image (skipped images included)."""
-    from cxr_max.drift.reliability import _nan_none, _rate, window_edges, windowed_mean
+    from cxr_max.drift.reliability import nan_to_none, safe_rate, window_edges, windowed_mean
 
     edges = window_edges(len(reliability["window_edges"]) - 1)
     for t, name in enumerate(panel.teachers):
@@ -138,10 +138,10 @@ def _full_panel_rates(panel: Panel, reliability: dict[str, Any]) -> None:
         info["coverage"] = float(n / max(panel.n_images, 1))
         info["first_stream_pos"] = float(panel.stream_pos[present].min()) if n else None
         info["last_stream_pos"] = float(panel.stream_pos[present].max()) if n else None
-        info["refusal_rate"] = _nan_none(_rate(panel.refused[:, t].sum(), n))
-        info["no_findings_rate"] = _nan_none(_rate(panel.empty[:, t].sum(), n))
+        info["refusal_rate"] = nan_to_none(safe_rate(panel.refused[:, t].sum(), n))
+        info["no_findings_rate"] = nan_to_none(safe_rate(panel.empty[:, t].sum(), n))
         win, _ = windowed_mean(panel.stream_pos[present], panel.refused[present, t].astype(float), edges)
-        info["window_refusal_rate"] = [_nan_none(x) for x in win]
+        info["window_refusal_rate"] = [nan_to_none(x) for x in win]
 
 
 def run_compare(

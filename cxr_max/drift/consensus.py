@@ -51,7 +51,8 @@ from cxr_max.labels import CHEXPERT_LABELS
 Method = Literal["vote", "dawid_skene", "model"]
 N_STATES = 3
 NO_FINDING = CHEXPERT_LABELS.index("No Finding")
-_NOT_PATHOLOGY = {NO_FINDING, CHEXPERT_LABELS.index("Support Devices")}
+# Label indices that are not pathologies (No Finding, Support Devices).
+NOT_PATHOLOGY = {NO_FINDING, CHEXPERT_LABELS.index("Support Devices")}
 
 
 @dataclasses.dataclass
@@ -76,14 +77,15 @@ class Consensus:
     unfinished: np.ndarray | None = None  # [I] bool: the generation hit max_new_tokens, text dropped (model only)
 
 
-def _finish(panel: Panel, method: str, state: np.ndarray, support: np.ndarray, tie: np.ndarray, *,
-            min_confident_teachers: int, low_confidence_below: float, confusion=None, texts=None) -> Consensus:
-    """The parts shared by every method: No Finding rule, output labels, sides, agreement, confidence."""
+def finish_consensus(panel: Panel, method: str, state: np.ndarray, support: np.ndarray, tie: np.ndarray, *,
+                     min_confident_teachers: int, low_confidence_below: float, confusion=None, texts=None) -> Consensus:
+    """The parts shared by every method: No Finding rule, output labels, sides, agreement, confidence
+    (public for the other consensus methods, e.g. :mod:`cxr_max.drift.model_consensus`)."""
     votes = panel.state
     usable = panel.usable
     state = state.copy()
     pathology = np.ones(len(CHEXPERT_LABELS), dtype=bool)
-    pathology[list(_NOT_PATHOLOGY)] = False
+    pathology[list(NOT_PATHOLOGY)] = False
     clash = (state[:, pathology] == PRESENT).any(axis=1) & (state[:, NO_FINDING] == PRESENT)
     state[clash, NO_FINDING] = ABSENT
 
@@ -159,7 +161,7 @@ def _plurality(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def vote_consensus(panel: Panel, *, min_confident_teachers: int = 3, low_confidence_below: float = 0.6) -> Consensus:
     """Per-finding plurality over the usable teachers (see the module docstring for every rule)."""
     state, support, tie = _plurality(panel.state)
-    return _finish(panel, "vote", state, support, tie, min_confident_teachers=min_confident_teachers,
+    return finish_consensus(panel, "vote", state, support, tie, min_confident_teachers=min_confident_teachers,
                    low_confidence_below=low_confidence_below)
 
 
@@ -203,7 +205,7 @@ def dawid_skene_consensus(panel: Panel, *, n_iter: int = 100, tol: float = 1e-5,
         for (worker, said_label), row in err.iterrows():
             for true_label, p in row.items():
                 confusion[k, int(worker), int(true_label), int(said_label)] = p
-    return _finish(panel, "dawid_skene", state, support, tie, min_confident_teachers=min_confident_teachers,
+    return finish_consensus(panel, "dawid_skene", state, support, tie, min_confident_teachers=min_confident_teachers,
                    low_confidence_below=low_confidence_below, confusion=confusion)
 
 

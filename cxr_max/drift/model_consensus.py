@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr_max.drift.consensus import Consensus, _finish, agreement_with, informative_agreement_with
+from cxr_max.drift.consensus import Consensus, finish_consensus, agreement_with, informative_agreement_with
 from cxr_max.drift.findings import (
     ABSENT, LATERAL_INDEX, NEG, NM, POS, PRESENT, UNC, UNCERTAIN, Extractor, Panel, extract_codes, shared_extractor,
 )
@@ -157,7 +157,7 @@ def model_consensus(
     n_usable = np.maximum(panel.usable.sum(axis=1), 1)
     support = (votes == state[:, None, :]).sum(axis=1) / n_usable[:, None]
     tie = np.zeros(state.shape, dtype=bool)
-    cons = _finish(panel, "model", state, support, tie, min_confident_teachers=min_confident_teachers,
+    cons = finish_consensus(panel, "model", state, support, tie, min_confident_teachers=min_confident_teachers,
                    low_confidence_below=low_confidence_below, texts=np.array(texts_out, dtype=object))
     # the student's own sides and explicit negations (not the teachers') define the model consensus
     cons.side = np.where(cons.state[:, list(LATERAL_INDEX)] != ABSENT, side, 0).astype(np.int8)
@@ -175,9 +175,9 @@ def model_consensus(
 def unsupported_findings(panel: Panel, state: np.ndarray) -> np.ndarray:
     """``[I, 14]`` bool: the consensus holds a finding present or uncertain that no usable teacher held present or
     uncertain (Support Devices and No Finding are not findings here)."""
-    from cxr_max.drift.consensus import _NOT_PATHOLOGY
+    from cxr_max.drift.consensus import NOT_PATHOLOGY
 
     said = ((panel.state == PRESENT) | (panel.state == UNCERTAIN)) & panel.usable[:, :, None]
     out = ((state == PRESENT) | (state == UNCERTAIN)) & ~said.any(axis=1)
-    out[:, list(_NOT_PATHOLOGY)] = False
+    out[:, list(NOT_PATHOLOGY)] = False
     return out

@@ -170,7 +170,8 @@ def segment_agreement(panel: Panel, cons: Consensus, points: list[DriftPoint]) -
     return out
 
 
-def _rate(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def safe_rate(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` element-wise, NaN where ``den`` is 0."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.maximum(den, 1), np.nan)
 
@@ -212,15 +213,15 @@ def teacher_reliability(panel: Panel, cons: Consensus, *, n_windows: int = 10) -
             per_finding[finding] = {
                 "agreement": float((v[:, k] == c[:, k]).mean()) if len(v) else None,
                 "informative_agreement": float(val_w.mean()) if len(val_w) else None,
-                "false_positive_rate": _nan_none(_rate(((v[:, k] == PRESENT) & ca).sum(), ca.sum())),
-                "false_negative_rate": _nan_none(_rate(((v[:, k] == ABSENT) & cp).sum(), cp.sum())),
+                "false_positive_rate": nan_to_none(safe_rate(((v[:, k] == PRESENT) & ca).sum(), ca.sum())),
+                "false_negative_rate": nan_to_none(safe_rate(((v[:, k] == ABSENT) & cp).sum(), cp.sum())),
                 "uncertain_rate": float((v[:, k] == UNCERTAIN).mean()) if len(v) else None,
                 "positive_rate": float((v[:, k] == PRESENT).mean()) if len(v) else None,
-                "window_agreement": [_nan_none(x) for x in win],
+                "window_agreement": [nan_to_none(x) for x in win],
                 "window_n": nwin.tolist(),
             }
             if cons.confusion is not None:
-                per_finding[finding]["dawid_skene_confusion"] = [[_nan_none(x) for x in row] for row in cons.confusion[k, t]]
+                per_finding[finding]["dawid_skene_confusion"] = [[nan_to_none(x) for x in row] for row in cons.confusion[k, t]]
         # laterality: where both hold a lateral finding present with known sides
         sided = usable[:, None] & (votes[:, t, lat] == PRESENT) & (cons.state[:, lat] == PRESENT) \
             & (panel.side[:, t] > 0) & (cons.side > 0) & ~panel.side_conflict[:, t]
@@ -231,8 +232,8 @@ def teacher_reliability(panel: Panel, cons: Consensus, *, n_windows: int = 10) -
             m = sided[:, j]
             tj, cj = panel.side[m, t, j], cons.side[m, j]
             sw = ((tj == 1) & (cj == 2)) | ((tj == 2) & (cj == 1))
-            per_side[finding] = {"n": int(m.sum()), "agreement": _nan_none(_rate((tj == cj).sum(), m.sum())),
-                                 "swap_rate": _nan_none(_rate(sw.sum(), ((tj < 3) & (cj < 3)).sum()))}
+            per_side[finding] = {"n": int(m.sum()), "agreement": nan_to_none(safe_rate((tj == cj).sum(), m.sum())),
+                                 "swap_rate": nan_to_none(safe_rate(sw.sum(), ((tj < 3) & (cj < 3)).sum()))}
         pos_o, val_o = signals[(name, "overall")]
         win_o, n_o = windowed_mean(pos_o, val_o, edges)
         pos_r, val_r = signals[(name, "refusal")]
@@ -242,27 +243,28 @@ def teacher_reliability(panel: Panel, cons: Consensus, *, n_windows: int = 10) -
         result["teachers"][name] = {
             "n_present": n_present,
             "coverage": float(n_present / max(panel.n_images, 1)),
-            "first_stream_pos": _nan_none(panel.stream_pos[present].min()) if n_present else None,
-            "last_stream_pos": _nan_none(panel.stream_pos[present].max()) if n_present else None,
-            "refusal_rate": _nan_none(_rate(panel.refused[:, t].sum(), n_present)),
-            "no_findings_rate": _nan_none(_rate(panel.empty[:, t].sum(), n_present)),
-            "side_conflict_rate": _nan_none(_rate(panel.side_conflict[:, t].any(axis=1).sum(), n_present)),
+            "first_stream_pos": nan_to_none(panel.stream_pos[present].min()) if n_present else None,
+            "last_stream_pos": nan_to_none(panel.stream_pos[present].max()) if n_present else None,
+            "refusal_rate": nan_to_none(safe_rate(panel.refused[:, t].sum(), n_present)),
+            "no_findings_rate": nan_to_none(safe_rate(panel.empty[:, t].sum(), n_present)),
+            "side_conflict_rate": nan_to_none(safe_rate(panel.side_conflict[:, t].any(axis=1).sum(), n_present)),
             "verbosity_mean": float(verb.mean()) if len(verb) else None,
             "verbosity_median": float(np.median(verb)) if len(verb) else None,
             "agreement": float(np.nanmean(cons.agreement[:, t])) if usable.any() else None,
             "informative_agreement": float(np.nanmean(cons.informative_agreement[:, t])) if usable.any() else None,
             "laterality_n": int(sided.sum()),
-            "laterality_agreement": _nan_none(_rate((ts == cs).sum(), sided.sum())),
-            "laterality_swap_rate": _nan_none(_rate(swap.sum(), ((ts < 3) & (cs < 3)).sum())),
+            "laterality_agreement": nan_to_none(safe_rate((ts == cs).sum(), sided.sum())),
+            "laterality_swap_rate": nan_to_none(safe_rate(swap.sum(), ((ts < 3) & (cs < 3)).sum())),
             "laterality": per_side,
-            "window_agreement": [_nan_none(x) for x in win_o],
+            "window_agreement": [nan_to_none(x) for x in win_o],
             "window_n": n_o.tolist(),
-            "window_refusal_rate": [_nan_none(x) for x in win_r],
+            "window_refusal_rate": [nan_to_none(x) for x in win_r],
             "findings": per_finding,
         }
     return result
 
 
-def _nan_none(x) -> float | None:
+def nan_to_none(x) -> float | None:
+    """``float(x)``, or None for NaN (the JSON reports' missing value)."""
     x = float(x)
     return None if np.isnan(x) else x

@@ -33,6 +33,7 @@ from cxr_max.labels import CHEXPERT_LABELS, FIVE_FINDINGS, MS_CXR_T_FINDINGS, PR
 __all__ = [
     "binarize",
     "bootstrap_resample_weights",
+    "percentile_ci",
     "label_f1",
     "clinical_metrics",
     "parse_progression",
@@ -89,9 +90,14 @@ def bootstrap_resample_weights(n: int, n_boot: int = 1000, seed: int = 0) -> np.
     return w
 
 
-def _ci(value: float, boot: np.ndarray, alpha: float = 0.05) -> dict[str, float]:
+def percentile_ci(value: float, boot: np.ndarray, alpha: float = 0.05) -> dict[str, float]:
+    """``{"value", "ci_low", "ci_high"}``: the (1 - alpha) percentile interval of the bootstrap values
+    ``boot`` (NaNs ignored; NaN bounds when none is finite)."""
     lo, hi = np.nanpercentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if np.isfinite(boot).any() else (np.nan, np.nan)
     return {"value": float(value), "ci_low": float(lo), "ci_high": float(hi)}
+
+
+_ci = percentile_ci  # the old private name, still imported by cxr_max.evaluation.probe (to be switched over)
 
 
 def _nanmean0(a: np.ndarray) -> np.ndarray:
@@ -153,16 +159,16 @@ def label_f1(
         name: {
             "precision": float(precision[j]),
             "recall": float(recall[j]),
-            "f1": _ci(per_f1[j], b_per_f1[:, j]),
-            "accuracy": _ci(acc[j], b_acc[:, j]),
+            "f1": percentile_ci(per_f1[j], b_per_f1[:, j]),
+            "accuracy": percentile_ci(acc[j], b_acc[:, j]),
             "support": int(t[:, j].sum()),
             "predicted": int(p[:, j].sum()),
         }
         for j, name in enumerate(labels)
     }
     return {
-        "micro_f1": _ci(micro, b_micro),
-        "macro_f1": _ci(macro, b_macro),
+        "micro_f1": percentile_ci(micro, b_micro),
+        "macro_f1": percentile_ci(macro, b_macro),
         "per_label": per_label,
         "n": n,
         "uncertain": uncertain,
@@ -301,15 +307,15 @@ def temporal_accuracy(
             brecalls.append(np.divide(w @ (correct * mc), bden, out=np.full(n_boot, np.nan), where=bden > 0))
         bal = float(np.mean(recalls))
         bbal = _nanmean0(np.vstack(brecalls)) if brecalls else np.full(n_boot, np.nan)
-        per[f] = {"top1": _ci(acc, bacc), "balanced": _ci(bal, bbal), "n": int(cnt)}
+        per[f] = {"top1": percentile_ci(acc, bacc), "balanced": percentile_ci(bal, bbal), "n": int(cnt)}
         top1_vals.append(acc)
         bal_vals.append(bal)
         b_top1.append(bacc)
         b_bal.append(bbal)
     return {
         "per_finding": per,
-        "avg_top1": _ci(float(np.mean(top1_vals)), _nanmean0(np.vstack(b_top1))),
-        "avg_balanced": _ci(float(np.mean(bal_vals)), _nanmean0(np.vstack(b_bal))),
+        "avg_top1": percentile_ci(float(np.mean(top1_vals)), _nanmean0(np.vstack(b_top1))),
+        "avg_balanced": percentile_ci(float(np.mean(bal_vals)), _nanmean0(np.vstack(b_bal))),
         "n": n,
         "unparsed": int(sum(p is None for p in predicted)),
     }

@@ -748,6 +748,11 @@ def _label_body(body: str) -> LabelResult:
     return LabelResult(labels=labels, laterality=laterality, laterality_conflict=conflict)
 
 
+def clear_clause_cache() -> None:
+    """Empty the per-clause cache (for timing a cold labeler; results never depend on it)."""
+    _clause_findings.cache_clear()
+
+
 def clauses(text: str) -> list[str]:
     """The clauses the labeler reads in ``text``: the image-describing sections (see
     :func:`report_body`), lower-cased, cut at the clause boundaries of the module docs (degenerate
@@ -830,10 +835,10 @@ def label_reports(texts: Iterable[str], *, progress: bool = False) -> list[dict[
 
 
 def labels_to_arrow(results: Sequence[LabelResult | dict]):
-    """A ``pyarrow.StructArray`` of type :data:`cxr_max.trajectories.schema.LABELS_TYPE`."""
+    """A ``pyarrow.StructArray`` of type :data:`cxr_max.labels.LABELS_TYPE`."""
     import pyarrow as pa
 
-    from cxr_max.trajectories.schema import LABELS_TYPE
+    from cxr_max.labels import LABELS_TYPE
 
     rows = [r.labels if isinstance(r, LabelResult) else r for r in results]
     return pa.array(rows, type=LABELS_TYPE)

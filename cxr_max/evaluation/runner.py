@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from cxr_max.errors import DataError, OnError, SkipLog, handle
-from cxr_max.evaluation.clinical import _ci, bootstrap_resample_weights, clinical_metrics, ms_cxr_t_metrics
+from cxr_max.evaluation.clinical import percentile_ci, bootstrap_resample_weights, clinical_metrics, ms_cxr_t_metrics
 from cxr_max.evaluation.predict import TABLE_FINDINGS, user_message
 from cxr_max.labels import MS_CXR_T_FINDINGS, label_key
 from cxr_max.trajectories.prompts import render_prompt
@@ -249,12 +249,12 @@ def presence_accuracy(
         value = float((correct * keep).sum() / keep.sum())
         den = w @ keep
         boot = np.divide(w @ (correct * keep), den, out=np.full(n_boot, np.nan), where=den > 0)
-        out[f] = {**_ci(value, boot), "n": int(keep.sum())}
+        out[f] = {**percentile_ci(value, boot), "n": int(keep.sum())}
         vals.append(value)
         boots.append(boot)
     with np.errstate(all="ignore"):
         avg_boot = np.nanmean(np.vstack(boots), axis=0) if boots else np.full(n_boot, np.nan)
-    out["Avg"] = {**_ci(float(np.mean(vals)) if vals else float("nan"), avg_boot), "n": n}
+    out["Avg"] = {**percentile_ci(float(np.mean(vals)) if vals else float("nan"), avg_boot), "n": n}
     return out
 
 
@@ -278,7 +278,7 @@ def agreement(
         np.mean([len({(r[i] or {}).get(f) == 1.0 for r in runs}) == 1 for f in findings]) for i in range(n)
     ])
     w = bootstrap_resample_weights(n, n_boot, seed)
-    return {**_ci(float(per_image.mean()), (w @ per_image) / n), "n": n, "runs": len(runs)}
+    return {**percentile_ci(float(per_image.mean()), (w @ per_image) / n), "n": n, "runs": len(runs)}
 
 
 _GRADES = (

@@ -89,7 +89,7 @@ def _string_values(ds: datasets.Dataset, column: str) -> Iterable[str]:
     """Every non-empty string in ``column`` of ``ds``, nested lists and structs included."""
     col = ds.select_columns([column]).with_format("arrow")[:].column(column).combine_chunks()
     rows = pa.array(range(len(col)), pa.int64())
-    for _, leaf, _ in safety._leaves(col, rows, column):
+    for _, leaf, _ in safety.leaves(col, rows, column):
         if pa.types.is_string(leaf.type) or pa.types.is_large_string(leaf.type):
             yield from (v for v in leaf.to_pylist() if v)
 
@@ -106,7 +106,7 @@ EMBED_BATCH_ROWS = 64  # images embedded per batch (a MIMIC-CXR JPG is ~1.5 MB)
 
 def _embed(ds: datasets.Dataset) -> datasets.Dataset:
     """Embed the bytes of local image files referenced by Image features (as ``push_to_hub`` does)."""
-    if not any(safety._holds_pixels(f) for f in ds.features.values()):
+    if not any(safety.holds_pixels(f) for f in ds.features.values()):
         return ds
     # Written to a cache file in small batches, never held in memory: with pixels, a real copy is ~0.5 TB.
     return ds.with_format("arrow").map(embed_table_storage, batched=True, batch_size=EMBED_BATCH_ROWS,

@@ -76,7 +76,7 @@ def image_signature(value: bytes) -> str | None:
 
 def is_pixel_column(name: str, feature: object) -> bool:
     """True when a column holds pixels: its name is in PIXEL_COLUMNS or its feature holds an Image or bytes."""
-    return name.lower() in PIXEL_COLUMNS or _holds_pixels(feature)
+    return name.lower() in PIXEL_COLUMNS or holds_pixels(feature)
 
 
 def is_report_column(name: str) -> bool:
@@ -85,17 +85,18 @@ def is_report_column(name: str) -> bool:
     return low in REPORT_COLUMNS or low.endswith(("_report", "_reports")) or low.startswith("report_")
 
 
-def _holds_pixels(feature: object) -> bool:
+def holds_pixels(feature: object) -> bool:
+    """Whether a ``datasets`` feature holds pixels (an Image, binary bytes, or either nested inside)."""
     if isinstance(feature, datasets.Image):
         return True
     if isinstance(feature, datasets.Value):
         return feature.dtype in ("binary", "large_binary")
     if isinstance(feature, dict):
-        return any(_holds_pixels(f) for f in feature.values())
+        return any(holds_pixels(f) for f in feature.values())
     if isinstance(feature, (list, tuple)):
-        return any(_holds_pixels(f) for f in feature)
+        return any(holds_pixels(f) for f in feature)
     inner = getattr(feature, "feature", None)  # List / LargeList / Sequence
-    return inner is not None and _holds_pixels(inner)
+    return inner is not None and holds_pixels(inner)
 
 
 def normalise_sentence(text: str) -> str:
@@ -127,15 +128,15 @@ class Violation:
     reason: str
 
 
-def _leaves(array: pa.Array, rows: pa.Array, path: str):
+def leaves(array: pa.Array, rows: pa.Array, path: str):
     """Yield ``(path, leaf_array, row_index_array)`` for every string or binary leaf of a (nested) arrow array."""
     t = array.type
     if pa.types.is_struct(t):
         for i in range(t.num_fields):
-            yield from _leaves(array.field(i), rows, f"{path}.{t.field(i).name}")
+            yield from leaves(array.field(i), rows, f"{path}.{t.field(i).name}")
     elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         parents = pc.list_parent_indices(array)
-        yield from _leaves(pc.list_flatten(array), pc.take(rows, parents), f"{path}[]")
+        yield from leaves(pc.list_flatten(array), pc.take(rows, parents), f"{path}[]")
     elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
         yield path, array, rows
 
@@ -155,7 +156,7 @@ def scan_table(
     for name in table.column_names:
         column = table.column(name).combine_chunks()
         rows = pa.array(range(row_offset, row_offset + len(column)), pa.int64())
-        for path, leaf, leaf_rows in _leaves(column, rows, name):
+        for path, leaf, leaf_rows in leaves(column, rows, name):
             is_text = pa.types.is_string(leaf.type) or pa.types.is_large_string(leaf.type)
             if check_pixels and is_text:
                 hits = pc.fill_null(pc.match_substring_regex(leaf, _ENCODED_IMAGE), False)

@@ -138,3 +138,43 @@ def read_dicom(path: str | os.PathLike, *, on_error: OnError = "raise", skips: S
     except DataError as err:
         handle(err, on_error, skips)
         return None
+
+
+def image_problem(path: str | None, level: str) -> str | None:
+    """What is wrong with one image file, or None. ``level``: "exists", "verify" or "decode".
+
+    "verify" checks the file is not empty, starts with a JPEG (or PNG) signature, is readable by
+    PIL and, for a JPEG, ends with the end-of-image marker ``FF D9`` (trailing zero padding allowed):
+    a download cut short fails here. "decode" decodes the pixels in full (slow on real copies).
+    """
+    if not path:
+        return "missing image path"
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return "missing image file"
+    if level == "exists":
+        return None
+    if size == 0:
+        return "empty image file"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(max(0, size - 64))
+            tail = f.read().rstrip(b"\x00")
+    except OSError as e:
+        return f"unreadable image file ({e.strerror})"
+    is_jpeg = head[:2] == b"\xff\xd8"
+    if not is_jpeg and head != b"\x89PNG\r\n\x1a\n" and not head.startswith(b"DICM"):
+        return "not a JPEG or PNG file (bad signature)"
+    if is_jpeg and not tail.endswith(b"\xff\xd9"):
+        return "truncated JPEG (no end-of-image marker)"
+    try:
+        with Image.open(path) as im:
+            if level == "decode":
+                im.load()
+            else:
+                im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return f"corrupt image file ({e})"
+    return None

@@ -121,3 +121,12 @@ def safe_join(root: str | os.PathLike, relpath: str | os.PathLike) -> Path:
     if normal == ".." or normal.startswith("../"):
         raise DataError(f"refusing path {text!r}: it escapes the root", path=root)
     return Path(root) / normal
+
+
+def file_paths(root, subject, study, tail: list):
+    """``<root>/files/p<subject[:2]>/p<subject>/s<study><tail...>``, built column-wise (Arrow string
+    columns of subject and study ids; ``tail`` are further columns or strings joined after the study)."""
+    import pyarrow.compute as pc
+
+    group = pc.utf8_slice_codeunits(subject, 0, 2)
+    return pc.binary_join_element_wise(f"{root}/files/p", group, "/p", subject, "/s", study, *tail, "")

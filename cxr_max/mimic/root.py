@@ -24,10 +24,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cxr_max.errors import DataError, OnError, SkipLog
-from cxr_max.labels import CHEXPERT_LABELS
+from cxr_max.labels import CHEXPERT_LABELS, LABELS_TYPE
+from cxr_max.mimic.paths import file_paths
 from cxr_max.mimic.reports import ReportStore, find_report_source, parse_report
 from cxr_max.mimic.tables import LABEL_SOURCES, LabelSource, find_table, rank_studies, read_table
-from cxr_max.trajectories.schema import LABELS_TYPE
 
 SPLITS: tuple[str, ...] = ("train", "validate", "test")
 
@@ -65,12 +65,6 @@ STUDIES_SCHEMA = pa.schema(
         pa.field("labels", LABELS_TYPE),
     ]
 )
-
-
-def _file_paths(root: Path, subject: pa.ChunkedArray, study: pa.ChunkedArray, tail: list[Any]) -> pa.ChunkedArray:
-    """``<root>/files/p<subject[:2]>/p<subject>/s<study><tail...>``, built column-wise."""
-    group = pc.utf8_slice_codeunits(subject, 0, 2)
-    return pc.binary_join_element_wise(f"{root}/files/p", group, "/p", subject, "/s", study, *tail, "")
 
 
 def _label_struct(table: pa.Table, present: str) -> pa.StructArray:
@@ -240,7 +234,7 @@ class MimicRoot:
     def _report_paths(self, subject: pa.ChunkedArray, study: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
         source = self.report_source
         if source is not None and source.is_dir():
-            return _file_paths(source, subject, study, [".txt"])
+            return file_paths(source, subject, study, [".txt"])
         return pa.nulls(len(subject), pa.string())
 
     def images(self) -> pa.Table:
@@ -269,9 +263,9 @@ class MimicRoot:
             "study_datetime": meta["study_datetime"],
             "rows": meta["Rows"],
             "columns": meta["Columns"],
-            "image_path": _file_paths(self.jpg_root, subject, study, ["/", dicom, ".jpg"]),
+            "image_path": file_paths(self.jpg_root, subject, study, ["/", dicom, ".jpg"]),
             "dicom_path": (
-                _file_paths(self.dicom_root, subject, study, ["/", dicom, ".dcm"])
+                file_paths(self.dicom_root, subject, study, ["/", dicom, ".dcm"])
                 if self.dicom_root is not None
                 else pa.nulls(meta.num_rows, pa.string())
             ),

@@ -173,7 +173,7 @@ def _resolve(path_or_root: str | os.PathLike, name: str) -> Path:
     return find_table(path, name) if path.is_dir() else path
 
 
-def _header(path: Path) -> list[str]:
+def read_header(path: Path) -> list[str]:
     """The column names on the first line (gzip detected from the ``.gz`` suffix, as pyarrow does)."""
     try:
         raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
@@ -216,7 +216,7 @@ def read_table(
 def _read_with_spec(
     path: Path, spec: TableSpec, *, on_error: OnError = "raise", skips: SkipLog | None = None, validate_ids: bool = False
 ) -> pa.Table:
-    columns = _header(path)
+    columns = read_header(path)
     missing = [c for c in spec.required if c not in columns]
     if missing:
         raise DataError(f"table {spec.name!r} is missing column(s) {missing}; it has {columns}", path=path)
@@ -292,7 +292,7 @@ def read_radiologist_labels(path_or_root: str | os.PathLike, **kwargs) -> pa.Tab
     ``Lung Opacity`` is read as well."""
     path = _resolve(path_or_root, "test-labels")
     spec = TABLES["test-labels"]
-    if "Lung Opacity" in _header(path) and "Airspace Opacity" not in _header(path):
+    if "Lung Opacity" in read_header(path) and "Airspace Opacity" not in read_header(path):
         spec = dataclasses.replace(spec, required=("study_id", *CHEXPERT_LABELS), labels=CHEXPERT_LABELS)
     table = _read_with_spec(path, spec, **kwargs)
     return table.rename_columns([{v: k for k, v in RADIOLOGIST_NAMES.items()}.get(c, c) for c in table.column_names])
@@ -301,7 +301,7 @@ def read_radiologist_labels(path_or_root: str | os.PathLike, **kwargs) -> pa.Tab
 def radiologist_label_struct(table: pa.Table, study_ids: pa.ChunkedArray | pa.Array) -> pa.StructArray:
     """The 14-label struct of each study in ``study_ids`` from :func:`read_radiologist_labels`'s table;
     null (as a whole) for a study the radiologists did not label."""
-    from cxr_max.trajectories.schema import LABELS_TYPE
+    from cxr_max.labels import LABELS_TYPE
 
     if isinstance(study_ids, pa.ChunkedArray):
         study_ids = study_ids.combine_chunks()

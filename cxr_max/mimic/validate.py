@@ -108,9 +108,9 @@ def _read(root: "MimicRoot", name: str, report: ValidationReport, required: bool
         table = read_table(path, name, on_error="skip", skips=skips)
     except DataError as e:
         if "missing column" in e.reason:
-            from cxr_max.mimic.tables import TABLES, _header
+            from cxr_max.mimic.tables import TABLES, read_header
 
-            have = _header(path)
+            have = read_header(path)
             report.missing_columns[name] = [c for c in TABLES[name].required if c not in have]
             report.add("error", f"missing-columns-{name}", str(e), len(report.missing_columns[name]))
         else:
@@ -128,10 +128,10 @@ def _missing_on_disk(paths: list[str], what: str, progress: bool) -> list[str]:
 
 def _file_problems(paths: list[str], what: str, progress: bool, level: str) -> list[tuple[str, str | None]]:
     """(path, problem or None) for each path: "exists" only stats (an empty file is a problem too),
-    "verify" also checks the JPEG signature and end-of-image marker (see ``cxr_max.builder.image_problem``)."""
+    "verify" also checks the JPEG signature and end-of-image marker (see :func:`cxr_max.mimic.images.image_problem`)."""
     from rich.progress import track
 
-    from cxr_max.builder import image_problem
+    from cxr_max.mimic.images import image_problem
 
     it = track(paths, description=f"checking {what}", disable=not progress or len(paths) < 2000, transient=True)
     out = []
@@ -228,10 +228,10 @@ def validate_root(root: "MimicRoot", *, check_files: bool = True, max_examples: 
             report.add("warning", "labels-without-study", f"{root.labels} rows whose study is not in the metadata", stray.num_rows, _examples(stray["study_id"], ex))
 
     if check_files and meta is not None:
-        from cxr_max.mimic.root import _file_paths
+        from cxr_max.mimic.paths import file_paths
 
         subject, study, dicom = meta["subject_id"], meta["study_id"], meta["dicom_id"]
-        jpgs = _file_paths(root.jpg_root, subject, study, ["/", dicom, ".jpg"]).to_pylist()
+        jpgs = file_paths(root.jpg_root, subject, study, ["/", dicom, ".jpg"]).to_pylist()
         problems = _file_problems(jpgs, "JPG files", progress, "verify" if verify_images else "exists")
         wanted = None if needed is None else set(pc.unique(needed).to_pylist())
         ids = dicom.to_pylist()
@@ -256,7 +256,7 @@ def validate_root(root: "MimicRoot", *, check_files: bool = True, max_examples: 
             check, message = names.get(kind, ("corrupt-image-files", f"unreadable JPGs ({kind})"))
             report.add("error", check, message, len(paths), paths[:ex])
         if root.dicom_root is not None:
-            dcms = _file_paths(root.dicom_root, subject, study, ["/", dicom, ".dcm"]).to_pylist()
+            dcms = file_paths(root.dicom_root, subject, study, ["/", dicom, ".dcm"]).to_pylist()
             missing = _missing_on_disk(dcms, "DICOM files", progress)
             if missing:
                 report.add("error", "missing-dicom-files", "images listed in the metadata with no DICOM on disk", len(missing), missing[:ex])

@@ -36,7 +36,7 @@ from cxr_max.labels import CHEXPERT_LABELS, MS_CXR_T_FINDINGS, label_key
 from cxr_max.synthetic import reports
 from cxr_max.synthetic.dicom import write_dicom
 from cxr_max.synthetic.render import render
-from cxr_max.synthetic.simulate import _progress, simulate_trajectories
+from cxr_max.synthetic.simulate import progress_bar, simulate_trajectories
 from cxr_max.synthetic.world import (
     ImageTruth,
     Patient,
@@ -314,7 +314,7 @@ def _write_images(root: Path, patients: list[Patient], truths: dict[str, ImageTr
                   shape: tuple[int, int] | None = None, jpg_style: str = "plain") -> None:
     jpg_root, dcm_root = root / "mimic-cxr-jpg", root / "mimic-cxr"
     total = sum(len(s.dicom_ids) for p in patients for s in p.studies)
-    with _progress() as bar:
+    with progress_bar() as bar:
         job = bar.add_task("rendering images", total=total)
         for p in patients:
             for s in p.studies:

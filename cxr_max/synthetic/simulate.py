@@ -22,7 +22,8 @@ _COLLECTION_START = dt.datetime(2025, 8, 1, tzinfo=dt.timezone.utc)
 _COLLECTION_DAYS = 120
 
 
-def _progress() -> Progress:
+def progress_bar() -> Progress:
+    """The rich progress bar the synthetic builders share (transient)."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     transient=True)
 
@@ -77,7 +78,7 @@ def simulate_trajectories(root: str | Path, out_dir: str | Path | None = None, *
     truths = sorted((truth if truth is not None else load_truth(root)).values(),
                     key=lambda t: (t.stream_pos, t.study_id, t.dicom_id))
     total = len(truths) * len(names) * len(tasks) * samples
-    with _progress() as bar:
+    with progress_bar() as bar:
         job = bar.add_task("simulating teachers", total=total)
         for ti, name in enumerate(names):
             folder = out / name

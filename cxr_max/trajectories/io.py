@@ -93,7 +93,8 @@ def list_trajectory_files(source: str | Path, *, foreign: bool = False, warn_jso
 # One file
 
 
-def _open_text(path: Path) -> bytes:
+def read_maybe_gzip(path: Path) -> bytes:
+    """The bytes of ``path``, gunzipped when its name ends in ``.gz``."""
     data = path.read_bytes()
     if path.name.endswith(".gz"):
         data = gzip.decompress(data)
@@ -140,7 +141,7 @@ def _fill_defaults(table: pa.Table) -> pa.Table:
     return table.set_column(table.schema.get_field_index("refusal"), "refusal", refusal)
 
 
-def _iter_json_lines(path: Path, data, on_error: OnError, skips: SkipLog | None, first: int = 1) -> Iterator[tuple[int, dict]]:
+def iter_json_lines(path: Path, data, on_error: OnError, skips: SkipLog | None, first: int = 1) -> Iterator[tuple[int, dict]]:
     """JSON lines -> (line number, object); ``data`` is bytes or an iterable of byte lines."""
     lines = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     for lineno, line in enumerate(lines, start=first):
@@ -425,7 +426,7 @@ def _json_rows(path: Path, on_error: OnError, skips: SkipLog | None) -> Iterator
         head = f.read(4096).lstrip()
     if not head.startswith(b"["):
         with opener(path, "rb") as f:
-            yield from _iter_json_lines(path, f, on_error, skips)
+            yield from iter_json_lines(path, f, on_error, skips)
         return
     try:
         with opener(path, "rb") as f:
@@ -583,7 +584,7 @@ def iter_trajectory_batches(
                         rows = np.array([first + i for i, ln in enumerate(data.splitlines()) if ln.strip()], dtype=np.int64)
                     yield _with_bookkeeping(table, path, rows)
                     continue
-            yield finish(_iter_json_lines(path, data, on_error, skips, first=first))
+            yield finish(iter_json_lines(path, data, on_error, skips, first=first))
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
         handle(DataError(f"unreadable file ({e})", path=path), on_error, skips)
 

@@ -16,12 +16,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from cxr_max.labels import CHEXPERT_LABELS, LATERAL_FINDINGS
+from cxr_max.labels import CHEXPERT_LABELS, LABELS_TYPE, LATERAL_FINDINGS
 
 TASKS = ("explain", "report", "diagnose")
 STATUSES = ("ok", "failed")
 
-LABELS_TYPE = pa.struct([pa.field(name, pa.float32()) for name in CHEXPERT_LABELS])
 LATERALITY_TYPE = pa.struct([pa.field(name, pa.string()) for name in LATERAL_FINDINGS])
 
 ARROW_SCHEMA = pa.schema(
