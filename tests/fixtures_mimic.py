@@ -1,6 +1,6 @@
 """Tiny MIMIC-CXR trees for the tests of cxr_max.mimic, written from scratch in a tmp folder.
 
-The layout follows REFERENCE section 3: a JPG root with ``files/p??/p<subject>/s<study>/<dicom>.jpg``
+The layout follows docs/data.md ("MIMIC-CXR on disk"): a JPG root with ``files/p??/p<subject>/s<study>/<dicom>.jpg``
 and the four ``mimic-cxr-2.0.0-*.csv.gz`` tables; a DICOM root with the same tree in ``.dcm``, the
 per-study ``s<study>.txt`` reports (or ``mimic-cxr-reports.zip``) and the record lists.
 """

@@ -9,7 +9,8 @@ Both MIMIC-CXR-JPG and MIMIC-CXR (DICOM) store one folder per patient and one fo
 Identifiers are strings as PhysioNet prints them: ``subject_id`` is 8 digits starting with 1,
 ``study_id`` is 8 digits starting with 5, ``dicom_id`` is 5 dash-separated groups of 8 lowercase
 hex characters. Checking them is opt-in (``validate=True`` or :func:`validate_ids`) because some
-callers carry other identifiers through the same layout.
+callers carry other identifiers through the same layout. The whole layout: docs/data.md
+("MIMIC-CXR on disk").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A MIMIC-CXR-JPG root holds ``files/`` and the tables (metadata, split, chexpert, negbio). An optional
 MIMIC-CXR (DICOM) root holds the same ``files/`` tree with ``.dcm`` images, the per-study ``.txt``
 reports, ``mimic-cxr-reports.zip`` and the record lists. A table is looked for in the JPG root first,
-then in the DICOM root.
+then in the DICOM root. Table columns and value codes: docs/data.md ("MIMIC-CXR on disk").
 
 All joins are pyarrow joins on whole tables and the paths are built with vectorised string compute,
 so :meth:`MimicRoot.images` over the full 377,110-image metadata takes seconds, not minutes; nothing

@@ -2,7 +2,7 @@
 
 PhysioNet's credentialed data use agreement forbids sharing MIMIC data with third parties, and its
 guidance on LLMs forbids sending MIMIC data to online services unless they guarantee zero retention,
-no training use and no human review (REFERENCE section 4). So an endpoint is accepted only when its
+no training use and no human review (docs/data.md, "Licence and privacy"). So an endpoint is accepted only when its
 host is loopback, or is in an allow-list the user sets (e.g. a GPU machine on the same private
 network running vLLM), or the user passes an explicit ``allow_remote`` flag.
 """

@@ -1,7 +1,7 @@
 """``APOTrainer``: multi-negative Plackett-Luce preference optimisation on top of ``trl.DPOTrainer``.
 
 trl 1.16 has no listwise loss, and its ``DPOTrainer._compute_loss`` is pairwise; the supported extension point
-is to subclass, override ``compute_loss`` and bring a collator (REFERENCE section 6). This trainer keeps
+is to subclass, override ``compute_loss`` and bring a collator (docs/libraries.md, "trl"). This trainer keeps
 everything else of ``DPOTrainer``: model loading, PEFT (reference = adapter disabled), the frozen reference
 copy, DeepSpeed/FSDP preparation, the fused LM head (per-token log-probs without materialising the logits),
 metrics logging and checkpointing.

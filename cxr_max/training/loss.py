@@ -1,8 +1,10 @@
 """The APO loss: multi-negative Plackett-Luce preference optimisation, as pure tensor functions.
 
+The method and the paper's equations: docs/method.md.
+
 Inputs are sequence log-probabilities shaped ``[batch, 1 + K]``: column 0 is the positive (the consensus
 trajectory), columns 1..K the negatives (the teachers' trajectories). The implicit reward of a candidate is
-``r = beta * (log pi_theta - log pi_ref)`` (REFERENCE section 1).
+``r = beta * (log pi_theta - log pi_ref)`` (docs/method.md, "Reward and loss").
 
 Top-1 Plackett-Luce (the paper's loss)::
 

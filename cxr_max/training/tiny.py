@@ -8,7 +8,7 @@ are wrapped in ``{% generation %}`` blocks, so TRL's ``assistant_only_loss=True`
 a folder and reloads with ``AutoModelForImageTextToText`` / ``AutoProcessor``, like any Hub VLM.
 
 Why LLaVA: the Qwen2-VL / SmolVLM processors need torchvision, which cannot be installed next to the CPU torch
-here; LLaVA's processor and model build from configs with PIL only (REFERENCE section 6).
+here; LLaVA's processor and model build from configs with PIL only (docs/libraries.md, "transformers").
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ CHAT_TEMPLATE = (
 
 @dataclasses.dataclass
 class TinyVLMSpec:
-    """Sizes of the tiny student (defaults: about 0.4M parameters plus embeddings, as measured in DESIGN.md)."""
+    """Sizes of the tiny student (defaults: about 0.54M parameters plus 2 x 96 x vocab for embeddings and LM head)."""
 
     image_size: int = 64
     patch_size: int = 16
