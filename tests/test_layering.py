@@ -33,10 +33,7 @@ KNOWN_SUBPACKAGE_CYCLES = {
     # redesign removes that); drift.findings reads text with evaluation's labeler.
     frozenset({"cxr_max.drift", "cxr_max.evaluation", "cxr_max.synthetic"}),
 }
-KNOWN_PRIVATE_IMPORTS = {
-    # the alias kept in clinical.py for it; probe.py is being edited elsewhere at the time of writing
-    ("cxr_max/evaluation/probe.py", "cxr_max.evaluation.clinical._ci"),
-}
+KNOWN_PRIVATE_IMPORTS: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:

@@ -97,7 +97,6 @@ def percentile_ci(value: float, boot: np.ndarray, alpha: float = 0.05) -> dict[s
     return {"value": float(value), "ci_low": float(lo), "ci_high": float(hi)}
 
 
-_ci = percentile_ci  # the old private name, still imported by cxr_max.evaluation.probe (to be switched over)
 
 
 def _nanmean0(a: np.ndarray) -> np.ndarray:

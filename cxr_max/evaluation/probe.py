@@ -22,18 +22,22 @@ from typing import Any
 
 import numpy as np
 
-from cxr_max.evaluation.clinical import _ci, bootstrap_resample_weights
+from cxr_max.evaluation.clinical import bootstrap_resample_weights, percentile_ci
 
 TABLE_FINDINGS: tuple[str, ...] = ("Consolidation", "Pleural Effusion", "Pneumothorax", "Edema", "Cardiomegaly",
                                    "Atelectasis")
 METRICS = ("balanced_accuracy", "accuracy", "macro_f1")
 
 # Fixed templates of the probe; {name} is the finding in words (FINDING_WORDS). Several phrasings each, none
-# of them the consensus renderer's exact sentence, so no student is favoured for echoing one wording.
+# of them the consensus renderer's sentence, so no student is favoured for echoing one wording. Each is scored
+# as a whole answer in the dataset's trajectory format (``<think> reasoning </think>answer``, the format every
+# teacher and the renderer share): the reasoning is the template sentence, the answer the authors' answer
+# sentence naming the finding (present) or no disease (absent), so the probe asks in the format the student
+# was trained on and only the phrasing is fixed.
 PRESENT_TEMPLATES: tuple[str, ...] = (
-    "The disease of this patient is {name}.",
     "Findings are consistent with {name}.",
     "There is evidence of {name}.",
+    "{Name} is present.",
 )
 ABSENT_TEMPLATES: tuple[str, ...] = (
     "There is no {name}.",
@@ -117,7 +121,7 @@ def finding_metrics(pred: Sequence[Mapping[str, Any]], truths: Sequence[Mapping[
         for m in METRICS:
             v = float(_METRIC_FNS[m](*cells))
             b = _METRIC_FNS[m](*bcells)
-            rec[m] = _ci(v, b)
+            rec[m] = percentile_ci(v, b)
             values[m].append(v)
             boots[m].append(b)
         out[f] = rec
@@ -125,7 +129,7 @@ def finding_metrics(pred: Sequence[Mapping[str, Any]], truths: Sequence[Mapping[
     with warnings.catch_warnings():  # a resample without positives of some finding is NaN there: skipped
         warnings.simplefilter("ignore", RuntimeWarning)
         for m in METRICS:
-            avg[m] = _ci(float(np.nanmean(values[m])), np.nanmean(np.vstack(boots[m]), axis=0))
+            avg[m] = percentile_ci(float(np.nanmean(values[m])), np.nanmean(np.vstack(boots[m]), axis=0))
     out["Avg"] = avg
     return out
 
@@ -144,9 +148,13 @@ def roc_auc(score: np.ndarray, truth: np.ndarray) -> float:
 
 def template_texts(finding: str) -> tuple[list[str], list[str]]:
     """The probe's present and absent answers for ``finding``."""
+    from cxr_max.trajectories.parse import join_answer
+    from cxr_max.trajectories.prompts import answer_sentence
+
     name = FINDING_WORDS.get(finding, finding.lower())
     fill = {"name": name, "Name": name[0].upper() + name[1:]}
-    return [t.format(**fill) for t in PRESENT_TEMPLATES], [t.format(**fill) for t in ABSENT_TEMPLATES]
+    return ([join_answer(t.format(**fill), answer_sentence([name])) for t in PRESENT_TEMPLATES],
+            [join_answer(t.format(**fill), answer_sentence([])) for t in ABSENT_TEMPLATES])
 
 
 def likelihood_scores(model_dir: str, images: Sequence, findings: Sequence[str] = TABLE_FINDINGS, *,
