@@ -43,6 +43,9 @@ class APOArguments:
     trajectories: str | None = field(default=None, metadata={"help": "Teacher trajectories (None: simulated teachers)."})
     consensus: str = field(default="vote", metadata={"help": "Compare stage: vote | dawid_skene | model."})
     negative_weighting: str = field(default="uniform", metadata={"help": "uniform (paper) | reliability | drift."})
+    positive_text: str = field(default="closest", metadata={"help": "Compare stage's positive: closest (the teacher "
+                               "trajectory closest to the consensus, in the teachers' own words) | "
+                               "closest-or-rendered | rendered."})
     learn_config: str = field(default=str(HERE / "configs/learn_tiny.yaml"))
     critique_config: str = field(default=str(HERE / "configs/critique_tiny.yaml"))
     learn_epochs: float | None = field(default=None, metadata={"help": "Learn-stage epochs (None: the learn config's)."})
@@ -101,6 +104,7 @@ def main(a: APOArguments) -> dict:
     if a.force or not any(prefs.glob("preferences*")):
         run_compare(compare_input(a), data_dir=a.data_dir, out=prefs,
                     report_dir=out / "drift_report", consensus=a.consensus, negative_weighting=a.negative_weighting,
+                    positive_text=a.positive_text,
                     model_consensus_kwargs={"model": str(learn_dir)} if a.consensus == "model" else None)
 
     # 3. critique: APO (Plackett-Luce over the consensus and all teachers) from pi_st

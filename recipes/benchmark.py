@@ -48,7 +48,7 @@ VARIANTS = ("learn", "dpo", "apo-uniform", "apo-drift", "apo-positive", "apo-neg
 # Which preference file each preference-trained variant reads.
 PREFERENCES = {"dpo": "uniform", "apo-uniform": "uniform", "apo-drift": "drift", "apo-positive": "positive",
                "apo-negative": "negative"}
-RESULTS_FORMAT = "drift-benchmark/2"  # results.json of another layout is started over, never mixed in
+RESULTS_FORMAT = "drift-benchmark/3"  # results.json of another layout is started over, never mixed in
 # Teacher mixes of the robustness sweep: three teachers each, a growing share with planted stream drift.
 MIXES: dict[str, tuple[str, ...]] = {
     "0/3 drifting": ("sim-glm-4.5v", "sim-sonnet-4", "sim-gpt-5-nano"),
@@ -76,6 +76,10 @@ class BenchArguments:
     learn_max_steps: int | None = field(default=None, metadata={"help": "Cap on learn steps (smoke tests)."})
     critique_max_steps: int | None = field(default=None, metadata={"help": "Cap on preference steps (smoke tests)."})
     consensus: str = field(default="vote", metadata={"help": "Compare-stage consensus: vote | dawid_skene."})
+    positive_text: str = field(default="closest", metadata={"help": "Compare-stage positive: closest (the teacher "
+                               "trajectory closest to the consensus) | closest-or-rendered | rendered; the positive "
+                               "control picks the teacher trajectory closest to the truth alike (rendered: the "
+                               "truth-rendered text)."})
     eval_limit: int | None = field(default=None, metadata={"help": "Evaluate on the first N test images (None: all)."})
     probe: bool = field(default=True, metadata={"help": "Score students with the likelihood probe too."})
     consistency_images: int = field(default=24, metadata={"help": "Images for the consistency runs."})
@@ -88,6 +92,9 @@ class BenchArguments:
     batch_size: int = field(default=32, metadata={"help": "Generation batch size."})
     max_new_tokens: int = field(default=192)
     n_boot: int = field(default=1000, metadata={"help": "Bootstrap resamples per interval."})
+    jobs: int = field(default=2, metadata={"help": "Training processes run side by side, each with cores/jobs "
+                      "threads (the tiny student's steps are too small to use two cores in one process; 1: "
+                      "everything in this process)."})
     report_only: bool = field(default=False, metadata={"help": "Train nothing: score the students already trained, "
                                                                     "then write the report."})
 
@@ -124,7 +131,7 @@ def weights_differ(a: Path, b: Path) -> float:
 class Bench:
     """The benchmark's state: data roots, the results dict (saved after every step) and stage runners."""
 
-    def __init__(self, a: BenchArguments):
+    def __init__(self, a: BenchArguments, read_results: bool = True):
         from cxr_max.synthetic import ensure_synthetic, load_truth
 
         bad = [v for v in list(a.variants) + list(a.sweep_variants) if v not in VARIANTS]
@@ -137,7 +144,8 @@ class Bench:
         self.jpg, self.traj = str(self.root / "mimic-cxr-jpg"), str(self.root / "trajectories")
         self.truth = load_truth(self.root)
         self.results_path = self.res / "results.json"
-        self.results = json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
+        self.results = json.loads(self.results_path.read_text()) if read_results and self.results_path.exists() \
+            else {}
         if self.results.get("format") != RESULTS_FORMAT:  # another benchmark version's results: not mixed in
             self.results = {"format": RESULTS_FORMAT}
         self.results["settings"] = asdict(a)
@@ -148,7 +156,9 @@ class Bench:
     # -- bookkeeping ------------------------------------------------------------------------------
     def save(self) -> None:
         self.results["elapsed_s_this_invocation"] = round(time.perf_counter() - self.t0, 1)
-        self.results_path.write_text(json.dumps(self.results, indent=1, default=float))
+        tmp = self.results_path.with_name(self.results_path.name + ".tmp")
+        tmp.write_text(json.dumps(self.results, indent=1, default=float))
+        tmp.replace(self.results_path)  # atomic: a run killed while saving keeps the previous results
 
     def timed(self, key: str, fn, *args, **kwargs):
         from rich.console import Console
@@ -175,14 +185,15 @@ class Bench:
                 if table is None:
                     table = split_table(drift_io.read_trajectories(trajectories), self.truth, "train")
                 run_compare(table, data_dir=self.jpg, out=folder, report_dir=folder / "drift_report",
-                            consensus=self.a.consensus, negative_weighting=w, plots=False, progress=False)
+                            consensus=self.a.consensus, positive_text=self.a.positive_text, negative_weighting=w, plots=False, progress=False)
             out[w] = folder
         for kind in ("positive", "negative"):
             if kind in kinds:
                 folder = mdir / f"compare-{kind}"
                 if not any(folder.glob("preferences*")):
                     rows = control_preferences(read_jsonl(out["uniform"] / "preferences.jsonl"), self.truth, kind,
-                                               seed=self.a.world_seed)
+                                               seed=self.a.world_seed,
+                                               positive="rendered" if self.a.positive_text == "rendered" else "closest")
                     write_preferences(rows, folder)
                 out[kind] = folder
         return out
@@ -280,8 +291,9 @@ class Bench:
         if self.a.report_only:
             return {v: base / v for v in variants if stage_done(base / v)}
         tag = base.relative_to(self.work).as_posix()
-        learn_dir = self.timed(f"{tag}/learn", self.learn, base / "learn", seed, trajectories)
-        dirs = {"learn": learn_dir}
+        dirs = {}
+        if any(v != "oracle" for v in variants):  # an oracle-only chain needs no learn stage
+            learn_dir = dirs["learn"] = self.timed(f"{tag}/learn", self.learn, base / "learn", seed, trajectories)
         budget = None
         for v in variants:
             if v == "oracle":
@@ -387,42 +399,102 @@ class Bench:
         """Train one seed's students (shared learn stage) and evaluate them (in-domain, shifted, consistency)."""
         R, base = self.results, self.work / f"seed{seed}"
         dirs = self.students(base, seed, self.traj, self.a.variants, prefs)
-        for v, folder in dirs.items():
-            self.score(R["students"], f"{v}/seed{seed}", folder, base / "eval" / v, data, shifted=shifted,
-                       consistency=True, seed=seed)
+        self.score_chain(dirs, base, seed, None, data, shifted)
         if "apo-uniform" in dirs and "apo-drift" in dirs:
             R.setdefault("drift_vs_uniform", {})[f"seed{seed}"] = {
                 "max_parameter_difference": weights_differ(dirs["apo-uniform"], dirs["apo-drift"])}
             self.save()
 
-    def sweep(self, data) -> None:
+    def mix_preferences(self, i: int, mix: str, teachers: tuple[str, ...]) -> tuple[Path, str, dict[str, Path]]:
+        """One sweep mix: its folder, a copy of its teachers' trajectories and its train-split preferences."""
+        a, R = self.a, self.results
+        mdir = self.work / f"mix{i}"
+        tdir = mdir / "trajectories"
+        tdir.mkdir(parents=True, exist_ok=True)
+        for t in teachers:  # a copy of the chosen teachers' shards (readers do not follow folder links)
+            if not (tdir / t).exists():
+                shutil.copytree(Path(self.traj) / t, tdir / f".{t}.tmp", dirs_exist_ok=True)
+                (tdir / f".{t}.tmp").rename(tdir / t)
+        need = {PREFERENCES[v] for v in a.sweep_variants if v in PREFERENCES}
+        mprefs = {} if a.report_only else self.timed(f"mix{i}/compare", self.preferences, mdir, str(tdir), need)
+        if "drift" in mprefs:
+            R.setdefault("sweep_weights", {})[mix] = self.weight_facts(mprefs)
+        return mdir, str(tdir), mprefs
+
+    def sweep(self, data, mixes: dict) -> None:
         """Robustness: the same recipe on teacher mixes with a growing share of drifting teachers."""
         a, R = self.a, self.results
         R.setdefault("sweep", {})
-        R.setdefault("sweep_weights", {})
-        for i, (mix, teachers) in enumerate(MIXES.items()):
-            mdir = self.work / f"mix{i}"
-            tdir = mdir / "trajectories"
-            tdir.mkdir(parents=True, exist_ok=True)
-            for t in teachers:  # a copy of the chosen teachers' shards (readers do not follow folder links)
-                if not (tdir / t).exists():
-                    shutil.copytree(Path(self.traj) / t, tdir / f".{t}.tmp", dirs_exist_ok=True)
-                    (tdir / f".{t}.tmp").rename(tdir / t)
-            need = {PREFERENCES[v] for v in a.sweep_variants if v in PREFERENCES}
-            mprefs = {} if a.report_only else self.timed(f"mix{i}/compare", self.preferences, mdir, str(tdir), need)
-            if "drift" in mprefs:
-                R["sweep_weights"][mix] = self.weight_facts(mprefs)
+        for i, mix in enumerate(MIXES):
+            mdir, tdir, mprefs = mixes[i]
             for seed in a.sweep_seeds:
                 base = mdir / f"seed{seed}"
-                dirs = self.students(base, seed, str(tdir), a.sweep_variants, mprefs)
-                for v, folder in dirs.items():
-                    self.score(R["sweep"], f"{mix}|{v}/seed{seed}", folder, base / "eval" / v, data, shifted=None,
-                               consistency=False, seed=seed)
+                dirs = self.students(base, seed, tdir, a.sweep_variants, mprefs)
+                self.score_chain(dirs, base, seed, mix, data, None)
 
-    def run(self) -> dict:
+    def score_chain(self, dirs: dict[str, Path], base: Path, seed: int, mix: str | None, data, shifted) -> None:
+        """Score one chain's students: the main table (in-domain, shifted, consistency) or, for a sweep ``mix``,
+        the sweep table (in-domain only)."""
+        R = self.results
+        for v, folder in dirs.items():
+            if mix is None:
+                self.score(R.setdefault("students", {}), f"{v}/seed{seed}", folder, base / "eval" / v, data,
+                           shifted=shifted, consistency=True, seed=seed)
+            else:
+                self.score(R.setdefault("sweep", {}), f"{mix}|{v}/seed{seed}", folder, base / "eval" / v, data,
+                           shifted=None, consistency=False, seed=seed)
+
+    # -- training side by side --------------------------------------------------------------------------
+    def training_jobs(self, prefs: dict[str, Path], mixes: dict) -> list[tuple]:
+        """Every student chain: ``(base, seed, trajectories, variants, prefs, mix)``; a chain is one learn stage
+        and the preference students trained from it (the oracle is a chain of its own); ``mix`` names a sweep
+        mix (None: the main table)."""
+        a, jobs = self.a, []
+        chain = [v for v in a.variants if v != "oracle"]
+        for seed in a.seeds:
+            base = self.work / f"seed{seed}"
+            if "oracle" in a.variants:
+                jobs.append((base, seed, self.traj, ["oracle"], prefs, None))
+            if chain:
+                jobs.append((base, seed, self.traj, chain, prefs, None))
+        for mix, (mdir, tdir, mprefs) in zip(MIXES, mixes.values()):
+            for seed in a.sweep_seeds:
+                jobs.append((mdir / f"seed{seed}", seed, tdir, list(a.sweep_variants), mprefs, mix))
+        return jobs
+
+    def train_in_parallel(self, prefs: dict[str, Path], mixes: dict) -> None:
+        """Train and score every chain in ``a.jobs`` processes (spawned, ``cores // jobs`` torch threads each);
+        the stages' timings, budgets and scores come back here and are saved as each chain ends. The sequential
+        pass that follows finds every stage saved and every score current, so it only fills what a failed chain
+        left (a killed run resumes the same way: saved stages are never trained again)."""
+        import multiprocessing as mp
+        import os
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        jobs = self.training_jobs(prefs, mixes)
+        if not jobs:
+            return
+        if "oracle" in self.a.variants:
+            self.truth_trajectories()  # written once here, read by every oracle chain
+        threads = max(1, (os.cpu_count() or 1) // self.a.jobs)
+        print(f"training {len(jobs)} student chain(s) in {self.a.jobs} processes, {threads} thread(s) each")
+        with ProcessPoolExecutor(max_workers=self.a.jobs, mp_context=mp.get_context("spawn")) as pool:
+            known = {t: self.results.get(t, {}) for t in ("students", "sweep")}
+            futures = [pool.submit(_train_chain, asdict(self.a), threads, *job, known) for job in jobs]
+            for f in as_completed(futures):
+                got = f.result()
+                for k, v in got["timings_s"].items():
+                    self.results["timings_s"][k] = round(self.results["timings_s"].get(k, 0) + v, 1)
+                self.results["budget"].update(got["budget"])
+                for table in ("students", "sweep"):
+                    self.results.setdefault(table, {}).update(got.get(table, {}))
+                self.save()
+
+    def eval_data(self) -> tuple:
+        """The test images (and their shifted renderings, when asked for) with their truths."""
         from cxr_max.synthetic import ensure_synthetic
 
-        a, R = self.a, self.results
+        a = self.a
         data = runner.load_eval_data("mimic", "test", data_dir=self.jpg, limit=a.eval_limit, seed=a.world_seed)
         shifted = None
         if a.shifted:
@@ -432,6 +504,11 @@ class Bench:
                                             seed=a.world_seed)
             if shifted.keys != data.keys:
                 raise RuntimeError("the shifted world's test images differ from the default world's")
+        return data, shifted
+
+    def run(self) -> dict:
+        a, R = self.a, self.results
+        data, shifted = self.eval_data()
         R["n_test_images"] = len(data.keys)
         self.timed("teachers, consensus, majority", self.reference_rows, data)
 
@@ -441,16 +518,39 @@ class Bench:
         if "drift" in prefs:
             R["weights"] = self.weight_facts(prefs)
 
+        mixes = {}
+        if a.sweep:
+            for i, (mix, teachers) in enumerate(MIXES.items()):
+                mixes[i] = self.mix_preferences(i, mix, teachers)
+        if a.jobs > 1 and not a.report_only:
+            self.train_in_parallel(prefs, mixes)
+
         # students of the first seed, the robustness sweep, the other seeds (in this order, so that a run
         # cut short still has every claim measured once)
         R.setdefault("students", {})
         self.seed_students(a.seeds[0], data, shifted, prefs)
         if a.sweep:
-            self.sweep(data)
+            self.sweep(data, mixes)
         for seed in a.seeds[1:]:
             self.seed_students(seed, data, shifted, prefs)
         self.save()
         return R
+
+
+def _train_chain(settings: dict, threads: int, base: Path, seed: int, trajectories: str, variants: list[str],
+                 prefs: dict[str, Path], mix: str | None, known: dict) -> dict:
+    """One process of :meth:`Bench.train_in_parallel`: train and score a chain; returns its timings, budget
+    and scores (this process never writes results.json)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    bench = Bench(BenchArguments(**settings), read_results=False)
+    bench.save = lambda: None  # the parent saves what this returns
+    bench.results.update(known)  # the scores so far, so a current score is not redone
+    dirs = bench.students(base, seed, trajectories, variants, prefs)
+    data, shifted = bench.eval_data()
+    bench.score_chain(dirs, base, seed, mix, data, shifted if mix is None else None)
+    return bench.results
 
 
 def main(a: BenchArguments) -> dict:

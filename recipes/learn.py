@@ -66,14 +66,16 @@ class LearnArguments:
     tiny_vision_pretrained: bool = field(default=False, metadata={"help": "Tiny student: start from a vision tower "
                                          "pretrained on a separate synthetic cohort (cxr_max.training.pretrain; "
                                          "built once, cached)."})
-    tiny_pretrain_patients: int = field(default=700, metadata={"help": "Tiny student: patients of that cohort."})
-    tiny_pretrain_epochs: int = field(default=30, metadata={"help": "Tiny student: epochs of that pretraining."})
+    tiny_pretrain_patients: int = field(default=1500, metadata={"help": "Tiny student: patients of that cohort."})
+    tiny_pretrain_epochs: int = field(default=40, metadata={"help": "Tiny student: epochs of that pretraining."})
     tiny_vision_hidden: int = field(default=96, metadata={"help": "Tiny student: vision tower width."})
     tiny_vision_layers: int = field(default=3, metadata={"help": "Tiny student: vision tower depth."})
     tiny_text_hidden: int = field(default=96, metadata={"help": "Tiny student: language model width."})
     tiny_text_layers: int = field(default=2, metadata={"help": "Tiny student: language model depth."})
     vision_lr: float | None = field(default=None, metadata={"help": "Learning rate of the vision encoder and "
                                     "projector (None: --learning_rate for everything)."})
+    projector_lr: float | None = field(default=None, metadata={"help": "Learning rate of the projector (None: "
+                                       "--vision_lr). With --vision_lr 0 the vision tower is frozen."})
     align_epochs: float = field(default=0.0, metadata={"help": "Feature-alignment epochs on teacher-derived finding "
                                 "captions before the SFT (0: none; for students whose vision side starts random)."})
     align_learning_rate: float = field(default=3e-4, metadata={"help": "Learning rate of the alignment pass."})
@@ -130,7 +132,8 @@ def main(script_args: LearnArguments, training_args: SFTConfig, model_args: Mode
             tiny_vlm(trajectory_texts(dataset), model_path, spec=spec, seed=training_args.seed, vision_init=vision_init)
     if script_args.align_epochs > 0:
         model_path = align(dataset, script_args, training_args, model_args, model_path, data)
-    extra = {"optimizer_cls_and_kwargs": vision_optimizer(training_args, script_args.vision_lr)} \
+    extra = {"optimizer_cls_and_kwargs": vision_optimizer(training_args, script_args.vision_lr,
+                                                                  script_args.projector_lr)} \
         if script_args.vision_lr is not None else {}
     out, trainer = run_stage(SFTTrainer, dataset, training_args, model_args, model_path=model_path, stage="learn",
                              data=data, freeze_vit=script_args.freeze_vit, min_pixels=script_args.min_pixels,
@@ -158,9 +161,13 @@ def align(dataset, script_args: LearnArguments, training_args: SFTConfig, model_
     args = dataclasses.replace(training_args, output_dir=str(folder), num_train_epochs=script_args.align_epochs,
                                learning_rate=script_args.align_learning_rate, push_to_hub=False,
                                resume_from_checkpoint=resume)
+    # a frozen tower (--vision_lr 0) stays frozen here too; the projector and the language model align at this rate
+    extra = {"optimizer_cls_and_kwargs": vision_optimizer(args, 0.0, args.learning_rate)} \
+        if script_args.vision_lr == 0 else {}
     out, _ = run_stage(SFTTrainer, finding_captions(dataset), args, model_args, model_path=model_path, stage="align",
                        data=data, freeze_vit=script_args.freeze_vit, min_pixels=script_args.min_pixels,
-                       max_pixels=script_args.max_pixels, max_truncated_share=script_args.max_truncated_share)
+                       max_pixels=script_args.max_pixels, max_truncated_share=script_args.max_truncated_share,
+                       **extra)
     return out
 
 

@@ -9,7 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cxr_max.drift.controls import control_preferences, split_table, truth_trajectory, write_truth_trajectories
+from cxr_max.drift.controls import (
+    closest_to_truth,
+    control_preferences,
+    split_table,
+    truth_trajectory,
+    write_truth_trajectories,
+)
 from cxr_max.errors import DataError
 from cxr_max.evaluation import bench_report
 from cxr_max.evaluation.labeler import label_reports
@@ -67,14 +73,29 @@ def _row(**kw):
     return row
 
 
-def test_positive_control_chosen_is_the_truth_and_every_teacher_is_rejected():
+def test_positive_control_chosen_is_the_teacher_closest_to_the_truth_and_every_other_is_rejected():
     truth = {"d1": _truth({"Edema": 1.0})}
-    (row,) = control_preferences([_row()], truth, "positive")
+    texts = {"A": "There is no pulmonary edema. No pleural effusion.",
+             "B": "There is moderate pulmonary edema. No pleural effusion.",  # right on all six findings
+             "C": "There is pulmonary edema. There is a left pleural effusion."}
+    row = _row(chosen=texts["C"], rejected=[texts["A"], texts["B"], "As an AI, I cannot provide medical diagnoses."])
+    (got,) = control_preferences([row], truth, "positive")
+    assert got["chosen"] == texts["B"] and got["consensus_source"] == "closest to the truth: tb"
+    # every other teacher is rejected (the refusal and the consensus teacher's own text too)
+    assert got["rejected"] == [texts["A"], "As an AI, I cannot provide medical diagnoses.", texts["C"]]
+    assert got["rejected_teachers"] == ["ta", "tr", "tc"]
+    assert got["rejected_weights"] == [1.0] * 3 and "rejected_agreement" not in got
+    assert closest_to_truth(["As an AI, I cannot provide medical diagnoses.", ""], {"Edema": 1.0}) is None
+
+
+def test_positive_control_rendered_is_the_truth_and_every_teacher_is_rejected():
+    truth = {"d1": _truth({"Edema": 1.0})}
+    (row,) = control_preferences([_row()], truth, "positive", positive="rendered")
     assert row["chosen"] == truth_trajectory({"Edema": 1.0})
     assert row["rejected"] == ["A", "B", "As an AI, I cannot provide medical diagnoses.", "C"]  # the consensus teacher's text too
     assert row["rejected_teachers"] == ["ta", "tb", "tr", "tc"]
     assert row["rejected_weights"] == [1.0] * 4 and "rejected_agreement" not in row
-    (rendered,) = control_preferences([_row(consensus_source="rendered")], truth, "positive")
+    (rendered,) = control_preferences([_row(consensus_source="rendered")], truth, "positive", positive="rendered")
     assert "C" not in rendered["rejected"]  # a rendered consensus is no teacher's answer
 
 
@@ -135,7 +156,8 @@ def test_probe_templates_are_fixed_and_not_the_renderer_wording():
     present, absent = template_texts("Pleural Effusion")
     assert len(present) == len(absent) == 3
     rendered = truth_trajectory({"Pleural Effusion": 1.0})
-    assert not any(t in rendered for t in present[1:] + absent)
+    assert not any(t in rendered for t in present + absent)
+    assert all(t.startswith("<think> ") and "</think>The " in t for t in present + absent)  # the trajectory format
     labels = label_reports(present + absent)
     assert [lab["Pleural Effusion"] for lab in labels] == [1.0] * 3 + [0.0] * 3  # each says what it should
 

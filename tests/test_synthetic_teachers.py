@@ -264,7 +264,7 @@ def test_misreads_are_teacher_specific(truths, claims):
     clear = [i for i, t in enumerate(truths) if t.severity["cardiomegaly"] >= 0.75 and t.view != "AP"]
     a = np.array([claims["sim-glm-4.5v"][i][0]["Cardiomegaly"] not in POS for i in clear])
     b = np.array([claims["sim-qwen-vl-max"][i][0]["Cardiomegaly"] not in POS for i in clear])
-    assert a.mean() > 0.15 and b.mean() > 0.15
+    assert a.mean() > 0.1 and b.mean() > 0.1  # misses common enough to test independence
     assert (a & b).mean() == pytest.approx(a.mean() * b.mean(), abs=0.03)
 
 

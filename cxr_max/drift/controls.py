@@ -102,12 +102,32 @@ def write_truth_trajectories(trajectories: str | Path, truth: Mapping[str, Any],
     return out
 
 
+def closest_to_truth(texts: list[str], labels: Mapping[str, float | None],
+                     findings: tuple[str, ...] = STATED_FINDINGS) -> int | None:
+    """Index of the trajectory that agrees with the true ``labels`` on most of ``findings`` (present vs not;
+    the first such trajectory on ties), or None when no trajectory states anything (all refusals or empty).
+    Hedged truths are left out of the count."""
+    from cxr_max.evaluation.labeler import label_reports
+    from cxr_max.trajectories.parse import is_refusal
+
+    usable = [i for i, x in enumerate(texts) if x and not is_refusal(x)]
+    if not usable:
+        return None
+    read = label_reports([texts[i] for i in usable])
+    keep = [f for f in findings if labels.get(f) != -1.0]
+    score = [sum((lab.get(f) == 1.0) == (labels.get(f) == 1.0) for f in keep) for lab in read]
+    return usable[int(np.argmax(score))]
+
+
 def control_preferences(rows: Iterable[Mapping[str, Any]], truth: Mapping[str, Any], kind: ControlKind, *,
-                        seed: int = 0) -> list[dict[str, Any]]:
+                        seed: int = 0, positive: str = "closest") -> list[dict[str, Any]]:
     """Control rows from compare-stage preference ``rows`` (same images, same teachers, uniform weights).
 
-    ``positive``: chosen = :func:`truth_trajectory` of the image; every teacher trajectory (the row's chosen
-    one too, when a teacher's) is rejected, except a text identical to the truth's.
+    ``positive``: chosen = the image's teacher trajectory closest to the truth (:func:`closest_to_truth`;
+    with ``positive="rendered"`` the truth-rendered text of :func:`truth_trajectory` instead); every other
+    teacher trajectory (the row's chosen one too, when a teacher's) is rejected. Picking a teacher's own text
+    keeps the positive in the teachers' phrasing, so the control differs from the method only in which
+    trajectory is preferred (the truth decides instead of the consensus), not in its wording.
     ``negative``: chosen = one teacher trajectory drawn at random (seeded per image) among the non-refusals;
     the rest are rejected. Rows left without a negative are dropped (rare: one teacher answered).
     """
@@ -125,7 +145,13 @@ def control_preferences(rows: Iterable[Mapping[str, Any]], truth: Mapping[str, A
             names.append(source)
         if kind == "positive":
             t = truth[row["dicom_id"]]
-            chosen, chosen_source = truth_trajectory(t.labels, t.laterality), "truth"
+            if positive == "rendered":
+                chosen, chosen_source = truth_trajectory(t.labels, t.laterality), "truth"
+            else:
+                best = closest_to_truth(texts, t.labels)
+                if best is None:
+                    continue
+                chosen, chosen_source = texts[best], f"closest to the truth: {names[best]}"
             pairs = [(x, n) for x, n in zip(texts, names) if x != chosen]
         else:
             r = random.Random(f"{seed}:{row['dicom_id']}")

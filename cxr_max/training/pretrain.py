@@ -45,9 +45,9 @@ class PretrainOptions:
     """What the vision tower is pretrained on and for how long."""
 
     world_seed: int = PRETRAIN_WORLD_SEED
-    n_patients: int = 700
-    epochs: int = 30
-    batch_size: int = 64
+    n_patients: int = 1500
+    epochs: int = 40
+    batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     shift_pixels: int = 3  # random translation (augmentation); no flips: they would swap left and right

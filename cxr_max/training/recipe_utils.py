@@ -478,8 +478,13 @@ def run_stage(trainer_cls, dataset, training_args, model_args, *, model_path: st
     if (issubclass(trainer_cls, DPOTrainer) and peft_config is None and trainer_kwargs.get("ref_model") is None
             and not getattr(training_args, "ref_model_path", None) and resumed_from_full_checkpoint(model_path, resume)):
         trainer_kwargs["ref_model"] = load_reference(model_path, model, training_args)
+    # `Trainer.create_optimizer` reads `optimizer_cls_and_kwargs`; TRL's DPOTrainer (so APOTrainer) does not take
+    # it in __init__, so it is set on every trainer after construction
+    optimizer = trainer_kwargs.pop("optimizer_cls_and_kwargs", None)
     trainer = trainer_cls(model, args=training_args, train_dataset=dataset, processing_class=processing_class,
                           peft_config=peft_config, **trainer_kwargs)
+    if optimizer is not None:
+        trainer.optimizer_cls_and_kwargs = optimizer
     guard_sft_truncation(trainer, max_truncated_share)
     trainer.train(resume_from_checkpoint=resume)
     out = save_final(trainer, processing_class, training_args.output_dir, stage=stage, source=model_path, data=data)
