@@ -51,7 +51,7 @@ bench-builder: $(STAMP)
 	$(BIN)/python builders/bench_builder.py
 
 # The drift benchmark: teachers, consensus, learn-only, pairwise DPO, APO, controls and the oracle over 3 seeds
-# (measured: about 90 min of stage time on the shared 2-core machine; see the README).
+# (measured: 21 min wall on the 2-core machine, the student chains in two processes; see the README).
 bench-science: $(STAMP)
 	$(BIN)/python recipes/benchmark.py
 

@@ -208,6 +208,16 @@ class Bench:
             (folder / ".complete").write_text("ok")
         return str(folder)
 
+    def pretrained_tower(self) -> None:
+        """Build the embedded student's pretrained vision tower (cached) when the learn config asks for one."""
+        import learn
+        from apo import stage_args
+
+        script, _, model = stage_args((learn.LearnArguments, learn.SFTConfig, learn.ModelConfig), self.a.learn_config,
+                                      output_dir=str(self.work))
+        if model.model_name_or_path is None:
+            learn.tiny_vision_init(script)
+
     def weight_facts(self, prefs: dict[str, Path]) -> dict:
         """How far the drift-aware weights are from uniform (if they never differ, the students cannot)."""
         import numpy as np
@@ -476,6 +486,7 @@ class Bench:
             return
         if "oracle" in self.a.variants:
             self.truth_trajectories()  # written once here, read by every oracle chain
+        self.pretrained_tower()  # built once here with every core, not by one chain while the others wait
         threads = max(1, (os.cpu_count() or 1) // self.a.jobs)
         print(f"training {len(jobs)} student chain(s) in {self.a.jobs} processes, {threads} thread(s) each")
         with ProcessPoolExecutor(max_workers=self.a.jobs, mp_context=mp.get_context("spawn")) as pool:

@@ -115,21 +115,12 @@ def main(script_args: LearnArguments, training_args: SFTConfig, model_args: Mode
 
     model_path = model_args.model_name_or_path
     if model_path is None:  # the embedded default student, built offline
-        from cxr_max.training.tiny import TinyVLMSpec, tiny_vlm
+        from cxr_max.training.tiny import tiny_vlm
 
         model_path = str(Path(training_args.output_dir) / "student-init")
         if not (Path(model_path) / "config.json").is_file():
-            spec = TinyVLMSpec(image_size=script_args.tiny_image_size, patch_size=script_args.tiny_patch_size,
-                               vocab_size=script_args.tiny_vocab_size, vision_hidden=script_args.tiny_vision_hidden,
-                               vision_layers=script_args.tiny_vision_layers, text_hidden=script_args.tiny_text_hidden,
-                               text_layers=script_args.tiny_text_layers)
-            vision_init = None
-            if script_args.tiny_vision_pretrained:
-                from cxr_max.training.pretrain import PretrainOptions, pretrained_tower_for
-
-                vision_init = pretrained_tower_for(spec, PretrainOptions(n_patients=script_args.tiny_pretrain_patients,
-                                                                  epochs=script_args.tiny_pretrain_epochs))
-            tiny_vlm(trajectory_texts(dataset), model_path, spec=spec, seed=training_args.seed, vision_init=vision_init)
+            tiny_vlm(trajectory_texts(dataset), model_path, spec=tiny_spec(script_args), seed=training_args.seed,
+                     vision_init=tiny_vision_init(script_args))
     if script_args.align_epochs > 0:
         model_path = align(dataset, script_args, training_args, model_args, model_path, data)
     extra = {"optimizer_cls_and_kwargs": vision_optimizer(training_args, script_args.vision_lr,
@@ -144,6 +135,26 @@ def main(script_args: LearnArguments, training_args: SFTConfig, model_args: Mode
             print(skips.summary())
         print(f"learn: saved the student to {out}")
     return out
+
+
+def tiny_spec(script_args: LearnArguments):
+    """The embedded student's sizes (:class:`cxr_max.training.tiny.TinyVLMSpec`) from the ``--tiny_*`` flags."""
+    from cxr_max.training.tiny import TinyVLMSpec
+
+    return TinyVLMSpec(image_size=script_args.tiny_image_size, patch_size=script_args.tiny_patch_size,
+                       vocab_size=script_args.tiny_vocab_size, vision_hidden=script_args.tiny_vision_hidden,
+                       vision_layers=script_args.tiny_vision_layers, text_hidden=script_args.tiny_text_hidden,
+                       text_layers=script_args.tiny_text_layers)
+
+
+def tiny_vision_init(script_args: LearnArguments):
+    """The cached pretrained tower the embedded student starts from (built now when missing), or None."""
+    if not script_args.tiny_vision_pretrained:
+        return None
+    from cxr_max.training.pretrain import PretrainOptions, pretrained_tower_for
+
+    return pretrained_tower_for(tiny_spec(script_args), PretrainOptions(n_patients=script_args.tiny_pretrain_patients,
+                                                                        epochs=script_args.tiny_pretrain_epochs))
 
 
 def align(dataset, script_args: LearnArguments, training_args: SFTConfig, model_args: ModelConfig,
