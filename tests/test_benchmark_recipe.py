@@ -61,7 +61,7 @@ def test_benchmark_pipeline_tiny_world(tmp_path, monkeypatch):
         rows = benchmark.read_jsonl(tmp_path / "work" / f"compare-{kind}" / "preferences.jsonl")
         assert rows and {truth[r["dicom_id"]].split for r in rows} == {"train"}, kind
     pos = benchmark.read_jsonl(tmp_path / "work" / "compare-positive" / "preferences.jsonl")
-    assert all(r["consensus_source"] == "truth" for r in pos)
+    assert all(r["consensus_source"].startswith("closest to the truth: ") for r in pos)  # a teacher's own words
     stages = json.loads((tmp_path / "work" / "seed0" / "oracle" / "training_stages.json").read_text())
     assert stages[-1]["name"] == "learn"
     out = tmp_path / "res"

@@ -475,13 +475,13 @@ def _teachers() -> dict[str, SimulatedTeacher]:
         SimulatedTeacher(
             "sim-glm-4.5v", "glm-4.5v+sim2", "balanced and the most accurate overall, weaker on pneumothorax",
             style="balanced", noise=0.04, threshold=POSITIVE_AT, hedge=0.05, negate=0.8, pneumonia=0.5,
-            miss=_rates(0.18, pneumothorax=0.26), false_positive=_rates(0.1, pneumothorax=0.03),
+            miss=_rates(0.2, pneumothorax=0.26), false_positive=_rates(0.06, pneumothorax=0.02),
             planted=shared("sim-glm-4.5v")),
         SimulatedTeacher(
             "sim-gemini-2.5-flash-lite", "gemini-2.5-flash-lite+sim2",
             "balanced; sudden drift: from stream position 0.5 it misses most pleural effusions",
             style="balanced", noise=0.05, threshold=POSITIVE_AT, hedge=0.05, negate=0.7, pneumonia=0.4,
-            miss=_rates(0.16, pleural_effusion=0.08, consolidation=0.22), false_positive=_rates(0.1, pneumothorax=0.03),
+            miss=_rates(0.22, pleural_effusion=0.1, consolidation=0.28), false_positive=_rates(0.015, pneumothorax=0.005),
             planted=[{"kind": "sudden_drift", "finding": "Pleural Effusion", "start": 0.5, "effect": "miss",
                       "rate": 0.85}] + shared("sim-gemini-2.5-flash-lite")),
         SimulatedTeacher(
@@ -497,7 +497,7 @@ def _teachers() -> dict[str, SimulatedTeacher]:
             "sim-qwen-vl-max", "qwen-vl-max-2025-08-13+sim2",
             "verbose; laterality confusion: swaps left and right on 45% of sided findings",
             style="verbose", noise=0.05, threshold=POSITIVE_AT - 0.03, hedge=0.06, negate=0.85, pneumonia=0.5,
-            miss=_rates(0.2, pneumothorax=0.26), false_positive=_rates(0.12, pneumothorax=0.03),
+            miss=_rates(0.2, pneumothorax=0.26), false_positive=_rates(0.08, pneumothorax=0.02),
             planted=[{"kind": "laterality_swap", "rate": 0.45}] + shared("sim-qwen-vl-max")),
         SimulatedTeacher(
             "sim-grok-4", "grok-4-0709+sim2",
