@@ -58,24 +58,32 @@ def _trajectory(i: int, j: int) -> str:
             f"</think>The disease of this patient is {finding}.")
 
 
-def make_rows(n: int):
-    """``n`` APO rows with a synthetic 64x64 image each and K = 7 negatives."""
+def apo_rows(n: int, image_side: int, text) -> list[dict]:
+    """``n`` APO rows, each a random ``image_side`` px image, the prompt and K = 7 negatives;
+    ``text(i, j)`` is row ``i``'s candidate ``j`` (``j == 99``: the chosen one). Also used by
+    ``gpu_apo_qwen25vl.py``."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
     rows = []
     for i in range(n):
-        img = Image.fromarray(rng.integers(0, 255, (IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)).convert("RGB")
+        img = Image.fromarray(rng.integers(0, 255, (image_side, image_side), dtype=np.uint8)).convert("RGB")
         rows.append({
             "images": [img],
             "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}],
-            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "<think> Consensus: " + _trajectory(i, 99)[8:]}]}],
-            "rejected": [[{"role": "assistant", "content": [{"type": "text", "text": _trajectory(i, j)}]}]
+            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": text(i, 99)}]}],
+            "rejected": [[{"role": "assistant", "content": [{"type": "text", "text": text(i, j)}]}]
                          for j in range(K)],
             "rejected_teachers": TEACHERS, "rejected_weights": [1.0] * K,
         })
     return rows
+
+
+def make_rows(n: int):
+    """``n`` APO rows at this benchmark's proportions (``IMAGE_SIDE`` px images, K = 7 negatives)."""
+    return apo_rows(n, IMAGE_SIDE, lambda i, j: "<think> Consensus: " + _trajectory(i, 99)[8:] if j == 99
+                    else _trajectory(i, j))
 
 
 def student_spec():

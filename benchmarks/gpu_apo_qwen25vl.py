@@ -43,11 +43,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-K = 7
-PROMPT = "This is a patient's chest DR image. Please help me determine the patient's disease."
-FINDINGS = ["cardiomegaly", "pleural effusion", "atelectasis", "pneumothorax", "edema", "consolidation",
-            "pneumonia", "no finding"]
-TEACHERS = ["claude", "gpt", "glm", "gemini", "moonshot", "qwen", "grok"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_apo import FINDINGS, K, PROMPT, apo_rows  # noqa: E402  (the CPU benchmark's rows, at other sizes)
+
 WORDS = ("the left right upper middle lower zone shows increased reduced opacity cardiac silhouette is enlarged "
          "normal costophrenic angle blunted sharp trachea midline deviated these features suggest").split()
 
@@ -61,22 +59,7 @@ def trajectory(i: int, j: int, n_words: int) -> str:
 
 
 def make_rows(n: int, image_side: int, n_words: int) -> list[dict]:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        img = Image.fromarray(rng.integers(0, 255, (image_side, image_side), dtype=np.uint8)).convert("RGB")
-        rows.append({
-            "images": [img],
-            "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}],
-            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": trajectory(i, 99, n_words)}]}],
-            "rejected": [[{"role": "assistant", "content": [{"type": "text", "text": trajectory(i, j, n_words)}]}]
-                         for j in range(K)],
-            "rejected_teachers": TEACHERS, "rejected_weights": [1.0] * K,
-        })
-    return rows
+    return apo_rows(n, image_side, lambda i, j: trajectory(i, j, n_words))
 
 
 def qwen25vl_7b_text_vision() -> tuple[dict, dict]:

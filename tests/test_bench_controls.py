@@ -112,6 +112,8 @@ def test_negative_control_picks_a_random_non_refusal_teacher_and_is_seeded():
                                      consensus_source="rendered")], truth, "negative") == []
     with pytest.raises(ValueError):
         control_preferences(rows, truth, "other")
+    with pytest.raises(ValueError, match="closest or rendered"):
+        control_preferences(rows, truth, "positive", positive="truth")
 
 
 def test_split_table_keeps_only_that_split():

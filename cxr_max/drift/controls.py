@@ -135,6 +135,8 @@ def control_preferences(rows: Iterable[Mapping[str, Any]], truth: Mapping[str, A
 
     if kind not in ("positive", "negative"):
         raise ValueError(f"kind must be positive or negative, not {kind!r}")
+    if positive not in ("closest", "rendered"):
+        raise ValueError(f"positive must be closest or rendered, not {positive!r}")
     out = []
     for row in rows:
         texts = list(row["rejected"])
