@@ -82,7 +82,7 @@ class BenchArguments:
                                "truth-rendered text)."})
     eval_limit: int | None = field(default=None, metadata={"help": "Evaluate on the first N test images (None: all)."})
     probe: bool = field(default=True, metadata={"help": "Score students with the likelihood probe too."})
-    consistency_images: int = field(default=24, metadata={"help": "Images for the consistency runs."})
+    consistency_images: int = field(default=24, metadata={"help": "Images for the consistency runs (0: none)."})
     consistency_samples: int = field(default=3, metadata={"help": "Sampled runs (seeds) for sampling consistency."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the consistency runs."})
     shifted: bool = field(default=True, metadata={"help": "Evaluate on the shifted (other hospital) test set."})
@@ -341,7 +341,7 @@ class Bench:
                                         batch_size=a.batch_size, description="shifted answers")
             rec["shifted"] = finding_metrics(runner.extract_labels([got[k] for k in shifted.keys]), shifted.truths,
                                              n_boot=a.n_boot, seed=seed)
-        if consistency:
+        if consistency and a.consistency_images > 0:
             n = min(a.consistency_images, len(data.keys))
             keys, images, truths = data.keys[:n], data.images[:n], data.truths[:n]
             prompt_runs = [[answers[k] for k in keys]]
