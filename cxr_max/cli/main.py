@@ -165,4 +165,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
-    return int(status or 0)
+    return status if type(status) is int else 0  # a stage's main returns its result (a folder, metrics)
