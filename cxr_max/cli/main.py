@@ -11,7 +11,8 @@ stages (:data:`STAGES`, in ``cxr_max.stages``) without importing torch.
 
 Exit status: 0 on success; 2 for a usage error (unknown command or option, invalid choice, an option check that
 fails); 1 for any other error, printed as one line on stderr (a :class:`cxr_max.errors.DataError` names the file
-and row). ``cxr-max --debug <command> ...`` prints the full traceback instead.
+and row). ``cxr-max --debug <command> ...`` prints the full traceback instead; ``--debug`` is a global flag and goes
+before the command (after it, a training stage reads ``--debug`` as ``TrainingArguments.debug``).
 """
 
 import argparse
@@ -113,7 +114,7 @@ def parse_command(parser, argv: Sequence[str]) -> tuple:
             if dataclasses.is_dataclass(obj):
                 check_choices(obj)
     except ValueError as e:  # a dataclass __post_init__ check, or a --config value outside its choices
-        parser.error(str(e))
+        parser.exit(2, f"{parser.prog}: error: {_text(e)}\n")  # one line: a stage's usage is a screenful
     if unknown:  # from the command line or from the --config file
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return tuple(parsed)
@@ -127,9 +128,13 @@ def _split(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
     return list(argv), None, []
 
 
+def _text(error: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
 def one_line(error: BaseException) -> str:
     """The message the handler prints: the project's own errors as they are, others with their type's name."""
-    text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    text = _text(error)
     if type(error).__module__.split(".")[0] == "cxr_max":
         return text or type(error).__name__
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
