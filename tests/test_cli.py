@@ -148,6 +148,10 @@ def test_choice_lists_match_the_library():
     assert typing.get_args(hints["consensus"]) == typing.get_args(Method)
     assert typing.get_args(hints["labels"]) == typing.get_args(Source)
     assert typing.get_args(hints["negative_weighting"]) == typing.get_args(Weighting)
+    from cxr_max.cli.teachers import TASKS
+    from cxr_max.trajectories.schema import TASKS as SCHEMA_TASKS
+
+    assert set(TASKS) == set(SCHEMA_TASKS) == set(typing.get_args(typing.get_args(hints["task"])[0]))
 
 
 def cli_data():

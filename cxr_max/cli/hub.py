@@ -114,7 +114,7 @@ class PushArguments:
 
     folder: Path | None = opt(None, "An export folder (cxr-max export) or a checkpoint folder; also positional.")
     repo_id: str | None = opt(None, "Hub repo id, 'namespace/name' or 'name'; also positional.")
-    public: bool = opt(False, "Make the repo public (default: private).")
+    public: bool = opt(False, "Make the repo public (it is private otherwise).")
     gated: Literal["auto", "manual"] | None = opt(None, "Gate access.")
     dry_run: bool = opt(False, "List the files and the card; send nothing.")
     message: str | None = opt(None, "Commit message.", aliases=["-m"])
