@@ -150,24 +150,16 @@ def test_text_extraction_agrees_with_the_teachers_claims(root):
     assert (stored.refused == text.refused).all()
 
 
-def test_cli_drift_report(root, tmp_path):
-    import typer
-    from typer.testing import CliRunner
-
-    from cxr_max.drift.cli import register
-
-    app = typer.Typer()
-    register(app)
-
-    @app.command("noop")  # a second command keeps typer in multi-command mode
-    def _noop() -> None: ...
+def test_cli_drift_report(root, tmp_path, capsys):
+    from cxr_max.cli.main import main
 
     out = tmp_path / "rep"
-    res = CliRunner().invoke(app, ["drift-report", "--trajectories", str(root / "trajectories"), "--data-dir",
-                                   str(root / "mimic-cxr-jpg"), "--out", str(out), "--labels", "stored",
-                                   "--consensus", "dawid_skene", "--preferences", str(tmp_path / "prefs")])
-    assert res.exit_code == 0, res.output
-    assert "Teachers vs consensus" in res.output and "sim-qwen-vl-max" in res.output
+    code = main(["drift-report", "--trajectories", str(root / "trajectories"), "--data-dir", str(root / "mimic-cxr-jpg"),
+                 "--out", str(out), "--labels", "stored", "--consensus", "dawid_skene", "--preferences",
+                 str(tmp_path / "prefs")])
+    res_output = capsys.readouterr().out
+    assert code == 0, res_output
+    assert "Teachers vs consensus" in res_output and "sim-qwen-vl-max" in res_output
     rep = json.loads((out / "report.json").read_text())
     assert rep["consensus"]["method"] == "dawid_skene"
     assert (tmp_path / "prefs" / "preferences.jsonl").exists()

@@ -319,7 +319,7 @@ def test_export_of_a_copy_without_reports_warns_and_dicom_dir_fills_them(tmp_pat
 
     from fixtures_mimic import make_mimic_tree
 
-    from cxr_max.hub_cli import run_export
+    from cxr_max.cli.hub import run_export
 
     tree = make_mimic_tree(tmp_path / "copy", reports="zip")
     with caplog.at_level(logging.WARNING, logger="cxr_max"):

@@ -10,11 +10,9 @@ import json
 
 import numpy as np
 import pytest
-import typer
 import yaml
 from huggingface_hub import constants
 from safetensors.numpy import save_file
-from typer.testing import CliRunner
 
 from cxr_max.hub import PushError, export_dataset, push_checkpoint, push_dataset
 from tests.fakehub import FakeHub, Repo
@@ -201,18 +199,19 @@ def test_push_checkpoint_needs_a_real_base_model(hub, tmp_path, monkeypatch):
         push_checkpoint(tmp_path / "outputs", "tester/student", datasets=["tester/cxr-demo"], dry_run=True)
 
 
-def test_cli_push_dry_run_and_clean_errors(hub, export_dir, tmp_path):
-    from cxr_max.hub_cli import register
+def test_cli_push_dry_run_and_clean_errors(hub, export_dir, tmp_path, capsys):
+    from cxr_max.cli.main import main
 
-    app = typer.Typer()
-    register(app)
-    runner = CliRunner()
-    r = runner.invoke(app, ["push", str(export_dir), "tester/cli", "--dry-run", "--endpoint", hub.endpoint])
-    assert r.exit_code == 0, r.output
-    assert "dry run" in r.output and "cxr_max_export.json" in r.output and "## Teachers" in r.output
+    code = main(["push", str(export_dir), "tester/cli", "--dry-run", "--endpoint", hub.endpoint])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "dry run" in out and "cxr_max_export.json" in out and "## Teachers" in out
     assert hub.requests == []
-    r = runner.invoke(app, ["push", str(export_dir), "tester/cli", "--endpoint", hub.endpoint])
-    assert r.exit_code == 0 and "one commit" in r.output
-    assert TOKEN not in r.output
-    r = runner.invoke(app, ["push", str(tmp_path), "tester/cli", "--endpoint", hub.endpoint])
-    assert r.exit_code == 1 and "not a cxr_max export" in r.output and "Traceback" not in r.output
+    code = main(["push", str(export_dir), "tester/cli", "--endpoint", hub.endpoint])
+    out, err = capsys.readouterr()
+    assert code == 0 and "one commit" in out
+    assert TOKEN not in out + err
+    code = main(["push", str(tmp_path), "tester/cli", "--endpoint", hub.endpoint])
+    out, err = capsys.readouterr()
+    assert code == 1 and "not a cxr_max export" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
