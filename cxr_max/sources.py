@@ -4,7 +4,8 @@ The rule, for every entry point (the builder, the commands, the recipes):
 
 * A MIMIC-CXR-JPG root given (``data_dir``) means that copy. Nothing synthetic is added to it: a location
   the caller needs and did not give (``trajectories``, ``preferences``, ...) is an error naming the option,
-  never a silent mix of a real copy with the synthetic world's files.
+  never a silent mix of a real copy with the synthetic world's files. (When ``data_dir`` is a synthetic
+  world's own ``mimic-cxr-jpg``, that same world provides the needed locations not given.)
 * No ``data_dir`` and every needed location given (for example a compare stage ordered by time, which reads
   trajectories only) means exactly those locations; no world is built.
 * Otherwise (no ``data_dir`` and something needed is missing) the embedded synthetic MIMIC-CXR
@@ -36,6 +37,7 @@ from typing import Any
 # What a caller may say it needs; "images" is the MIMIC-CXR-JPG root (data_dir).
 NEEDS = ("images", "trajectories", "preferences", "ms_cxr_t")
 _FLAGS = {"images": "data_dir", "trajectories": "trajectories", "preferences": "preferences", "ms_cxr_t": "ms_cxr_t"}
+_WORLD_FOLDERS = {"trajectories": "trajectories", "preferences": "preferences", "ms_cxr_t": "ms-cxr-t"}
 
 PathLike = str | os.PathLike
 
@@ -124,8 +126,8 @@ def resolve_source(
         stage: who is asking, for the messages.
 
     Raises:
-        ValueError: an unknown entry of ``needs``; a needed location missing next to a ``data_dir``; the
-            default world refused by ``require_data``.
+        ValueError: an unknown entry of ``needs``; a needed location missing next to a ``data_dir`` that is
+            not a synthetic world's; the default world refused by ``require_data``.
     """
     unknown = sorted(set(needs) - set(NEEDS))
     if unknown:
@@ -134,13 +136,16 @@ def resolve_source(
              "ms_cxr_t": _path(ms_cxr_t)}
     missing = [n for n in needs if given[n] is None]
     if data_dir:
-        if missing:
+        root = given["images"]
+        world = synthetic_world_of(root)
+        if missing and world is None:
             raise ValueError(f"{stage}: data_dir={str(data_dir)!r} was given without "
                              + " and ".join(f"{_FLAGS[n]}=" for n in missing)
                              + "; pass it (the synthetic world's files are not mixed with another copy)")
-        root = given["images"]
+        if missing:  # a synthetic world's own mimic-cxr-jpg: that same world has the rest
+            given.update({n: world / _WORLD_FOLDERS[n] for n in missing})
         return DataSource(root, _path(dicom_dir), given["trajectories"], given["preferences"], given["ms_cxr_t"],
-                          world=synthetic_world_of(root), seed=seed, synthetic_patients=synthetic_patients)
+                          world=world, seed=seed, synthetic_patients=synthetic_patients)
     if not missing:
         return DataSource(None, _path(dicom_dir), given["trajectories"], given["preferences"], given["ms_cxr_t"],
                           seed=seed, synthetic_patients=synthetic_patients)

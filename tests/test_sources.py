@@ -75,6 +75,10 @@ def test_an_explicit_synthetic_world_is_reported_as_synthetic(tmp_path):
     assert src.world == world and src.synthetic and not src.default_world
     assert src.describe() == {"source": "embedded synthetic", "synthetic": True,
                               "location": str(world / "mimic-cxr-jpg")}
+    assert src.trajectories is None  # not needed: not filled
+    # a needed location not given comes from that same world (not from the default one)
+    needing = resolve_source(world / "mimic-cxr-jpg", needs=("images", "trajectories", "ms_cxr_t"))
+    assert (needing.trajectories, needing.ms_cxr_t, needing.preferences) == (world / "trajectories", world / "ms-cxr-t", None)
 
 
 def test_no_world_when_every_needed_location_is_given(fake_world, tmp_path):

@@ -220,7 +220,7 @@ class BuildContext:
         in_split = pc.equal(img.column("split"), split)
         return table.filter(in_split), img.filter(in_split)
 
-    def check_images(self, img: pa.Table, column: str = "image_path") -> np.ndarray:
+    def check_images(self, img: pa.Table) -> np.ndarray:
         """Check the images of ``img`` (once per image and process); a mask of the rows to keep.
 
         A bad image raises under ``on_error="raise"`` (naming the file, with the way on) or is counted once
@@ -232,7 +232,7 @@ class BuildContext:
             return np.ones(img.num_rows, dtype=bool)
         import cxr_max.builder as package
 
-        paths = img.column(column).to_pylist()
+        paths = img.column("image_path").to_pylist()
         keep = np.ones(len(paths), dtype=bool)
         for i, p in enumerate(paths):
             if p in self._checked:
@@ -242,8 +242,9 @@ class BuildContext:
             self._checked[p] = problem is None
             if problem:
                 keep[i] = False
-                hint = ("; pass on_error='skip' to build the rows whose images are present, "
-                        "or check_images='none' to defer the check to decoding") if self.config.on_error == "raise" else ""
+                hint = "" if self.config.on_error == "skip" else (
+                    "; pass on_error='skip' to build the rows whose images are present, "
+                    "or check_images='none' to defer the check to decoding")
                 handle(DataError(problem + hint, path=p, kind=problem.split(" (")[0]), self.config.on_error, self.skips)
         return keep
 

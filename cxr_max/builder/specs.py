@@ -425,8 +425,9 @@ class MsCxrTSpec(ConfigSpec):
         prev = pc.index_in(table.column("previous_dicom_id"), index.column("dicom_id"))
         ok = pc.and_(pc.is_valid(cur), pc.is_valid(prev))
         for i in np.flatnonzero(~ok.to_numpy(zero_copy_only=False)):
-            handle(DataError("image pair not found in the MIMIC-CXR metadata", path=src, row=int(i) + 2,
-                             kind="MS-CXR-T pair with an image absent from the metadata"), ctx.config.on_error, ctx.skips)
+            err = DataError("image pair not found in the MIMIC-CXR metadata", path=src, row=int(i) + 2,
+                            kind="MS-CXR-T pair with an image absent from the metadata")
+            handle(err, ctx.config.on_error, ctx.skips)
         table, cur, prev = table.filter(ok), cur.filter(ok), prev.filter(ok)
         paths = index.column("image_path")
         cur_paths, prev_paths = paths.take(cur), paths.take(prev)
@@ -437,7 +438,8 @@ class MsCxrTSpec(ConfigSpec):
         cols["previous_image"] = image_column(prev_paths, ctx.config.images)
         for f in MS_CXR_T_FINDINGS:
             c = f"{label_key(f)}_progression"
-            cols[c] = pc.cast(table.column(c), pa.string()) if c in table.column_names else pa.nulls(table.num_rows, pa.string())
+            given = c in table.column_names
+            cols[c] = pc.cast(table.column(c), pa.string()) if given else pa.nulls(table.num_rows, pa.string())
         out = pa.table(cols)
         yield out if keep.all() else out.filter(pa.array(keep))
 

@@ -1,4 +1,4 @@
-"""The cxr_max datasets builder: configs, registration, real-layout copies, bad input."""
+"""The cxr_max datasets builder end to end: every config, registration, real-layout copies, bad input."""
 
 from __future__ import annotations
 
