@@ -7,12 +7,14 @@ which ``datasets`` hands out to its workers) and :meth:`~ConfigSpec.tables` yiel
 shard, reading only that shard's inputs. :data:`SPECS` maps each config name to its spec; :func:`spec_for`
 looks one up (an unknown name is an error listing the configs).
 
-What ``split_generators`` reads, per config (the README's "Shards" says the same):
+What ``split_generators`` reads, per config (the shards themselves: the README's "Shards" paragraph):
 
 * every config but ``ms_cxr_t``: the MIMIC tables, once, into the filtered image index, which it writes to
   the build's scratch folder for the workers (no image file is opened, no trajectory file is parsed);
+* ``mimic``: also where the reports are (to say once that there are none);
 * ``trajectories`` / ``studies`` / ``sft``: also the list of trajectory files (names, not contents);
-* ``apo``: the list of preference files; ``ms_cxr_t``: only whether the MS-CXR-T CSV exists.
+* ``apo``: the list of preference files; ``ms_cxr_t``: only whether the MS-CXR-T CSV exists (its one shard
+  reads it).
 """
 
 from __future__ import annotations
