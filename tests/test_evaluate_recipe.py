@@ -1,9 +1,8 @@
-"""recipes/evaluate.py and cxr_max.evaluation.runner: scoring rules, resumable predictions, bad input, outputs."""
+"""The evaluate stage (cxr_max.stages.evaluate, run by recipes/evaluate.py) and cxr_max.evaluation.runner: scoring rules, resumable predictions, bad input, outputs."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 from cxr_max.errors import DataError, SkipLog
 from cxr_max.evaluation import runner
 
-ROOT = Path(__file__).resolve().parents[1]
 PRESENT = "The disease of this patient is pleural effusion."
 ABSENT = "No pleural effusion. The heart size is normal, without cardiomegaly."
 
@@ -165,8 +163,7 @@ def test_evaluate_teacher_writes_outputs(world, tmp_path):
 
 
 def test_evaluate_recipe_model_and_ms_cxr_t(world, tiny_model, tmp_path):
-    sys.path.insert(0, str(ROOT / "recipes"))
-    import evaluate as recipe
+    from cxr_max.stages import evaluate as recipe
 
     jpg = str(world / "mimic-cxr-jpg")
     args = recipe.EvaluateArguments(model_name_or_path=str(tiny_model), data_dir=jpg, output_dir=str(tmp_path / "m"),

@@ -37,14 +37,22 @@ def test_take_hub_push_disables_trainer_push():
     assert take_hub_push(SimpleNamespace(push_to_hub=False)) is None
 
 
-def test_the_training_data_names_itself_when_it_has_a_hub_id(tmp_path):
-    assert training_dataset_ids(None, {"source": "rows", "location": "me/cxr-export"}) == ["me/cxr-export"]
+def test_the_training_data_names_itself_when_it_has_a_hub_id(tmp_path, monkeypatch):
+    from cxr_max.training.recipe_utils import describe_data
+
+    hub_data = describe_data(dataset_name="me/cxr-export")  # --dataset_name me/cxr-export: loaded from the Hub
+    assert hub_data["source"] == "hub" and training_dataset_ids(None, hub_data) == ["me/cxr-export"]
     assert training_dataset_ids(None, {"hub_dataset_id": "me/cxr", "source": "embedded synthetic"}) == ["me/cxr"]
-    assert training_dataset_ids("me/given", {"source": "rows", "location": "me/cxr-export"}) == ["me/given"]
-    # local data is never taken for a Hub id: a data_dir, a rows file, the embedded synthetic world
+    assert training_dataset_ids("me/given", hub_data) == ["me/given"]
+    # local data is never taken for a Hub id: a data_dir, a rows file or export folder (even one whose relative
+    # path reads like an id), the embedded synthetic world
     rows = tmp_path / "rows.jsonl"
     rows.write_text("{}\n")
-    assert training_dataset_ids(None, {"source": "rows", "location": str(rows)}) == []
+    assert training_dataset_ids(None, describe_data(dataset_name=str(rows))) == []
+    (tmp_path / "me" / "cxr-export").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    local = describe_data(dataset_name="me/cxr-export")
+    assert local["source"] == "rows" and training_dataset_ids(None, local) == []
     assert training_dataset_ids(None, {"source": "mimic-cxr-jpg", "location": "data/mimic"}) == []
     assert training_dataset_ids(None, {"source": "embedded synthetic", "synthetic": True, "location": None}) == []
     with pytest.raises(ValueError, match="--hub_dataset_id"):
