@@ -132,3 +132,26 @@ def test_critique_push_to_hub_stops_before_training(hub, tmp_path, monkeypatch, 
     with pytest.raises(ValueError, match=match):
         critique.main(script, args, model, dataset=Dataset.from_list(_lm_rows()))
     assert not out.exists() and not hub.repos  # no training ran, nothing was sent
+
+
+@pytest.mark.slow
+def test_critique_push_names_the_hub_dataset_it_trained_on(hub, tmp_path, monkeypatch):  # noqa: F811
+    """``--dataset_name namespace/name`` (rows from the Hub) and no ``--hub_dataset_id``: the card names that id.
+    (datasets.load_dataset is replaced by a stand-in serving the rows: the fake Hub only receives pushes.)"""
+    import datasets
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+    loaded = []
+    monkeypatch.setattr(datasets, "get_dataset_config_names", lambda name: ["default"])
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: loaded.append(name) or
+                        datasets.DatasetDict({"train": Dataset.from_list(_lm_rows())}))
+    _learned(tmp_path, lineage=True)
+    script, args, model = _critique_args(tmp_path, tmp_path / "critique", "--max_steps", "1", "--save_strategy", "no",
+                                         "--push_to_hub", "true", "--hub_model_id", "tester/apo-student",
+                                         "--dataset_name", "tester/cxr-prefs")
+    critique.main(script, args, model)
+    assert loaded == ["tester/cxr-prefs"]
+    meta = yaml.safe_load(hub.repo("tester/apo-student", "model").files["README.md"].decode().split("---", 2)[1])
+    assert meta["datasets"] == ["tester/cxr-prefs"] and meta["base_model"] == QWEN
+    stages = json.loads((tmp_path / "critique" / STAGES_FILE).read_text())
+    assert stages[-1]["data"]["source"] == "hub"
