@@ -34,7 +34,8 @@ class CompareArguments:
                                      "(None: the embedded synthetic world's)."})
     data_dir: str | None = field(default=None, metadata={"help": "MIMIC-CXR-JPG root with the metadata table that "
                                  "orders the stream by study time (None: the embedded synthetic world)."})
-    output_dir: str = field(default="outputs/compare", metadata={"help": "Folder for preferences.jsonl."})
+    output_dir: str = field(default="outputs/compare", metadata={"help": "Folder for preferences.jsonl.",
+                                                                 "aliases": ["--out"]})
     report_dir: str | None = field(default=None, metadata={"help": "Folder for the drift report (None: "
                                    "<output_dir>/drift_report)."})
     split: str | None = field(default=None, metadata={"help": "Only the trajectories of the images of this split "
