@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 K = 7
 IMAGE_SIDE = 256  # 16-pixel patches: 256 image tokens per prompt

@@ -26,7 +26,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(REPO))
 
 from cxr_max.teachers import collect, make_tiny_world, parse_registry, scan_keys  # noqa: E402
 from cxr_max.teachers.store import ShardWriter  # noqa: E402

@@ -41,7 +41,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_apo import FINDINGS, K, PROMPT, apo_rows  # noqa: E402  (the CPU benchmark's rows, at other sizes)

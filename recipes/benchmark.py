@@ -31,17 +31,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from trl import TrlParser
 
-from trl import TrlParser  # noqa: E402
-
-from cxr_max.evaluation import runner  # noqa: E402
+from cxr_max.evaluation import runner
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("learn", "dpo", "apo-uniform", "apo-drift", "apo-positive", "apo-negative", "oracle")
@@ -210,8 +206,8 @@ class Bench:
 
     def pretrained_tower(self) -> None:
         """Build the embedded student's pretrained vision tower (cached) when the learn config asks for one."""
-        import learn
-        from apo import stage_args
+        from cxr_max.stages import learn
+        from cxr_max.stages.config import from_config as stage_args
 
         script, _, model = stage_args((learn.LearnArguments, learn.SFTConfig, learn.ModelConfig), self.a.learn_config,
                                       output_dir=str(self.work))
@@ -263,8 +259,8 @@ class Bench:
 
     # -- training stages ----------------------------------------------------------------------------
     def learn(self, out: Path, seed: int, trajectories: str) -> Path:
-        import learn
-        from apo import stage_args
+        from cxr_max.stages import learn
+        from cxr_max.stages.config import from_config as stage_args
 
         if not stage_done(out):
             learn.main(*stage_args((learn.LearnArguments, learn.SFTConfig, learn.ModelConfig), self.a.learn_config,
@@ -275,9 +271,9 @@ class Bench:
 
     def prefer(self, variant: str, out: Path, learn_dir: Path, prefs: Path, seed: int, steps: int) -> Path:
         """The preference stage of ``variant``: pairwise DPO (``dpo``) or APO (``apo-*``) from ``learn_dir``."""
-        import critique
-        import dpo_baseline
-        from apo import stage_args
+        from cxr_max.stages import critique
+        from cxr_max.stages import dpo as dpo_baseline
+        from cxr_max.stages.config import from_config as stage_args
 
         if stage_done(out):
             return out

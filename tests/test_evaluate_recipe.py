@@ -1,9 +1,8 @@
-"""recipes/evaluate.py and cxr_max.evaluation.runner: scoring rules, resumable predictions, bad input, outputs."""
+"""The evaluate stage (cxr_max.stages.evaluate, run by recipes/evaluate.py) and cxr_max.evaluation.runner: scoring rules, resumable predictions, bad input, outputs."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 from cxr_max.errors import DataError, SkipLog
 from cxr_max.evaluation import runner
 
-ROOT = Path(__file__).resolve().parents[1]
 PRESENT = "The disease of this patient is pleural effusion."
 ABSENT = "No pleural effusion. The heart size is normal, without cardiomegaly."
 
@@ -165,8 +163,7 @@ def test_evaluate_teacher_writes_outputs(world, tmp_path):
 
 
 def test_evaluate_recipe_model_and_ms_cxr_t(world, tiny_model, tmp_path):
-    sys.path.insert(0, str(ROOT / "recipes"))
-    import evaluate as recipe
+    from cxr_max.stages import evaluate as recipe
 
     jpg = str(world / "mimic-cxr-jpg")
     args = recipe.EvaluateArguments(model_name_or_path=str(tiny_model), data_dir=jpg, output_dir=str(tmp_path / "m"),
@@ -183,6 +180,33 @@ def test_evaluate_recipe_model_and_ms_cxr_t(world, tiny_model, tmp_path):
     t = recipe.main(args)
     assert t["ms_cxr_t"]["n"] >= 1
     assert np.isfinite(t["ms_cxr_t"]["avg_top1"]["value"])
+
+
+def test_evaluate_stage_reads_ready_rows_as_the_builder_gives_them(world, tiny_model, tmp_path):
+    """--dataset_name <folder>: the rows of --dataset_test_split are scored as they are; the builder's frontal test
+    images written to a folder give the same images, answers and metrics as the builder path."""
+    import cxr_max
+    from cxr_max.stages import evaluate as recipe
+
+    jpg = str(world / "mimic-cxr-jpg")
+    rows = cxr_max.load_dataset("mimic", split="test", views="frontal", data_dir=jpg).select(range(3))
+    (tmp_path / "rows").mkdir()
+    rows.to_parquet(str(tmp_path / "rows" / "test.parquet"))
+    common = dict(model_name_or_path=str(tiny_model), limit=3, max_new_tokens=6, n_boot=50, batch_size=2, plots=False)
+    built = recipe.main(recipe.EvaluateArguments(data_dir=jpg, output_dir=str(tmp_path / "b"), **common))
+    ready = recipe.main(recipe.EvaluateArguments(dataset_name=str(tmp_path / "rows"), output_dir=str(tmp_path / "r"),
+                                                 **common))
+    answers = [(tmp_path / d / "predictions.jsonl").read_text().splitlines() for d in ("b", "r")]
+    assert [json.loads(x)["dicom_id"] for x in answers[0]] == [json.loads(x)["dicom_id"] for x in answers[1]]
+    assert built["accuracy"] == ready["accuracy"] and ready["n_images"] == 3
+    with pytest.raises(ValueError, match="--data_dir is an option of the cxr_max builder"):
+        recipe.main(recipe.EvaluateArguments(dataset_name=str(tmp_path / "rows"), data_dir=jpg,
+                                             output_dir=str(tmp_path / "x"), **common))
+    (tmp_path / "bare").mkdir()
+    rows.select_columns(["dicom_id", "image"]).to_parquet(str(tmp_path / "bare" / "test.parquet"))
+    with pytest.raises(ValueError, match="missing labels"):
+        recipe.main(recipe.EvaluateArguments(dataset_name=str(tmp_path / "bare"), output_dir=str(tmp_path / "y"),
+                                             **common))
 
 
 def test_majority_baseline_and_distinct_answers():

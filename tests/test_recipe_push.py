@@ -37,14 +37,22 @@ def test_take_hub_push_disables_trainer_push():
     assert take_hub_push(SimpleNamespace(push_to_hub=False)) is None
 
 
-def test_the_training_data_names_itself_when_it_has_a_hub_id(tmp_path):
-    assert training_dataset_ids(None, {"source": "rows", "location": "me/cxr-export"}) == ["me/cxr-export"]
+def test_the_training_data_names_itself_when_it_has_a_hub_id(tmp_path, monkeypatch):
+    from cxr_max.training.recipe_utils import describe_data
+
+    hub_data = describe_data(dataset_name="me/cxr-export")  # --dataset_name me/cxr-export: loaded from the Hub
+    assert hub_data["source"] == "hub" and training_dataset_ids(None, hub_data) == ["me/cxr-export"]
     assert training_dataset_ids(None, {"hub_dataset_id": "me/cxr", "source": "embedded synthetic"}) == ["me/cxr"]
-    assert training_dataset_ids("me/given", {"source": "rows", "location": "me/cxr-export"}) == ["me/given"]
-    # local data is never taken for a Hub id: a data_dir, a rows file, the embedded synthetic world
+    assert training_dataset_ids("me/given", hub_data) == ["me/given"]
+    # local data is never taken for a Hub id: a data_dir, a rows file or export folder (even one whose relative
+    # path reads like an id), the embedded synthetic world
     rows = tmp_path / "rows.jsonl"
     rows.write_text("{}\n")
-    assert training_dataset_ids(None, {"source": "rows", "location": str(rows)}) == []
+    assert training_dataset_ids(None, describe_data(dataset_name=str(rows))) == []
+    (tmp_path / "me" / "cxr-export").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    local = describe_data(dataset_name="me/cxr-export")
+    assert local["source"] == "rows" and training_dataset_ids(None, local) == []
     assert training_dataset_ids(None, {"source": "mimic-cxr-jpg", "location": "data/mimic"}) == []
     assert training_dataset_ids(None, {"source": "embedded synthetic", "synthetic": True, "location": None}) == []
     with pytest.raises(ValueError, match="--hub_dataset_id"):
@@ -124,3 +132,26 @@ def test_critique_push_to_hub_stops_before_training(hub, tmp_path, monkeypatch, 
     with pytest.raises(ValueError, match=match):
         critique.main(script, args, model, dataset=Dataset.from_list(_lm_rows()))
     assert not out.exists() and not hub.repos  # no training ran, nothing was sent
+
+
+@pytest.mark.slow
+def test_critique_push_names_the_hub_dataset_it_trained_on(hub, tmp_path, monkeypatch):  # noqa: F811
+    """``--dataset_name namespace/name`` (rows from the Hub) and no ``--hub_dataset_id``: the card names that id.
+    (datasets.load_dataset is replaced by a stand-in serving the rows: the fake Hub only receives pushes.)"""
+    import datasets
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+    loaded = []
+    monkeypatch.setattr(datasets, "get_dataset_config_names", lambda name: ["default"])
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: loaded.append(name) or
+                        datasets.DatasetDict({"train": Dataset.from_list(_lm_rows())}))
+    _learned(tmp_path, lineage=True)
+    script, args, model = _critique_args(tmp_path, tmp_path / "critique", "--max_steps", "1", "--save_strategy", "no",
+                                         "--push_to_hub", "true", "--hub_model_id", "tester/apo-student",
+                                         "--dataset_name", "tester/cxr-prefs")
+    critique.main(script, args, model)
+    assert loaded == ["tester/cxr-prefs"]
+    meta = yaml.safe_load(hub.repo("tester/apo-student", "model").files["README.md"].decode().split("---", 2)[1])
+    assert meta["datasets"] == ["tester/cxr-prefs"] and meta["base_model"] == QWEN
+    stages = json.loads((tmp_path / "critique" / STAGES_FILE).read_text())
+    assert stages[-1]["data"]["source"] == "hub"

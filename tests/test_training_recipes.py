@@ -1,4 +1,5 @@
-"""The learn / critique / DPO-baseline recipes: YAML configs, in-process runs, resume, and 2-process DDP on CPU."""
+"""The learn / critique / DPO-baseline stages (cxr_max.stages, run by recipes/*.py): YAML configs, in-process runs,
+resume, and 2-process DDP on CPU through the recipe script."""
 
 import json
 import os
@@ -10,13 +11,11 @@ import pytest
 import torch
 from datasets import Dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes"))
+from cxr_max.stages import critique, learn
+from cxr_max.stages import dpo as dpo_baseline
+from test_tiny_vlm import SMALL, _apo_rows, _sft_rows
 
-import critique  # noqa: E402
-import dpo_baseline  # noqa: E402
-import learn  # noqa: E402
-from test_tiny_vlm import SMALL, _apo_rows, _sft_rows  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = ROOT / "recipes" / "configs"
 
@@ -114,7 +113,7 @@ def test_critique_under_accelerate_two_cpu_processes(tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "recipes/accelerate/cpu_ddp.yaml"), "--num_processes", "2", str(ROOT / "recipes/critique.py"),
            "--config", str(CONFIGS / "critique_tiny.yaml"), "--model_name_or_path", str(tmp_path / "lm"),
-           "--dataset_path", str(data), "--output_dir", str(tmp_path / "ddp"), "--max_steps", "2",
+           "--dataset_name", str(data), "--output_dir", str(tmp_path / "ddp"), "--max_steps", "2",
            "--logging_steps", "1", "--per_device_train_batch_size", "2", "--save_strategy", "no"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -271,8 +270,8 @@ def test_embedded_default_is_loud_recorded_and_never_called_mimic(tmp_path, caps
     text, _ = card_data_text([{"name": "learn", "data": {"source": "in-process"}}])
     assert "MIMIC" not in text
     with pytest.raises(SystemExit, match="requires a data location"):
-        require_data_location(True, "learn", data_dir=None, dataset_path=None)
-    require_data_location(True, "learn", data_dir="/data", dataset_path=None)
+        require_data_location(True, "learn", data_dir=None, dataset_name=None)
+    require_data_location(True, "learn", data_dir="/data", dataset_name=None)
 
 
 def test_qwen_configs_require_data_and_bound_images(tmp_path):
@@ -295,7 +294,7 @@ def test_stage_record_says_what_the_stage_trained_on(tmp_path):
     tiny_lm(LM_TEXTS, tmp_path / "lm", seed=0)
     data = tmp_path / "rows.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in _lm_rows(4)))
-    script, args, model = _critique_args(tmp_path, tmp_path / "c", "--max_steps", "1", "--dataset_path", str(data),
+    script, args, model = _critique_args(tmp_path, tmp_path / "c", "--max_steps", "1", "--dataset_name", str(data),
                                          "--save_strategy", "no")
     critique.main(script, args, model)
     stages = json.loads((tmp_path / "c" / "training_stages.json").read_text())

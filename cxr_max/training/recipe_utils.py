@@ -1,4 +1,5 @@
-"""Small helpers shared by the learn / critique / DPO-baseline recipes (kept here so the scripts stay thin)."""
+"""What the training stages share (:mod:`cxr_max.stages.learn`, ``critique``, ``dpo``): loading, LoRA scope, image
+bounds, resume, the data record, saving with lineage and the Hub push (:func:`run_stage`)."""
 
 from __future__ import annotations
 
@@ -11,29 +12,6 @@ import torch
 from cxr_max.errors import SkipLog
 
 logger = logging.getLogger("cxr_max")
-
-
-def load_rows(dataset_path: str | None, config: str, split: str, **builder_kwargs):
-    """Rows for a recipe: a local JSON/JSONL/parquet file (or folder) of ready rows, else the cxr_max builder.
-
-    ``builder_kwargs`` with value ``None`` are dropped, so the builder's own defaults apply.
-    """
-    if dataset_path:
-        p = Path(dataset_path)
-        if not p.exists():
-            raise FileNotFoundError(f"dataset_path {dataset_path} does not exist")
-        files = sorted(str(f) for f in p.rglob("*") if f.suffix in (".json", ".jsonl", ".parquet")) if p.is_dir() \
-            else [str(p)]
-        if not files:
-            raise FileNotFoundError(f"no .json/.jsonl/.parquet files under {dataset_path}")
-        # the packaged readers directly: `load_dataset("json", ...)` would first ping the Hub's download counter
-        from datasets import Dataset
-
-        return Dataset.from_parquet(files) if files[0].endswith(".parquet") else Dataset.from_json(files)
-    import cxr_max
-
-    kwargs = {k: v for k, v in builder_kwargs.items() if v is not None}
-    return cxr_max.load_dataset(config, split=split, **kwargs)
 
 
 def trajectory_texts(dataset, columns=("messages", "prompt", "chosen", "rejected")) -> list[str]:
@@ -218,24 +196,28 @@ SYNTHETIC_BANNER = (
     "\n" + "!" * 100 + "\n"
     "!!  {stage}: NO DATA LOCATION GIVEN -- training on the EMBEDDED SYNTHETIC world (generated images, simulated\n"
     "!!  teachers), NOT on MIMIC-CXR, whatever the model. Recorded in training_stages.json and the model card.\n"
-    "!!  For real data pass --data_dir <MIMIC-CXR-JPG root> (and --trajectories / --preferences) or --dataset_path.\n"
+    "!!  For real data pass --data_dir <MIMIC-CXR-JPG root> (and --trajectories / --preferences) or --dataset_name.\n"
     + "!" * 100 + "\n"
 )
 
 
-def describe_data(*, data_dir: str | None = None, dataset_path: str | None = None, in_process: bool = False,
+def describe_data(*, dataset_name: str | None = None, data_dir: str | None = None, in_process: bool = False,
                   stage: str = "train") -> dict:
     """What a stage trains on, for ``training_stages.json`` and the model card: ``{"source", "synthetic",
-    "location"}``. ``source`` is ``"embedded synthetic"``, ``"mimic-cxr-jpg"``, ``"rows"`` (``--dataset_path``)
-    or ``"in-process"`` (a dataset object handed to ``main``: unknown, never claimed as MIMIC-CXR).
+    "location"}``. ``source`` is ``"embedded synthetic"``, ``"mimic-cxr-jpg"`` (the builder on a data folder),
+    ``"rows"`` (``--dataset_name`` a local folder or file), ``"hub"`` (a Hub dataset id, also recorded as
+    ``hub_dataset_id``) or ``"in-process"`` (a dataset object handed to ``main``: unknown, never claimed as
+    MIMIC-CXR).
 
     A ``data_dir`` that is a cxr_max synthetic world (a ``truth.jsonl`` beside or in it) counts as synthetic.
     With no data location at all the stage trains on the embedded synthetic world: a banner says so.
     """
-    if dataset_path:
-        return {"source": "rows", "synthetic": None, "location": str(dataset_path)}
     if in_process:
         return {"source": "in-process", "synthetic": None, "location": None}
+    if dataset_name not in (None, "cxr_max"):
+        if Path(dataset_name).expanduser().exists():
+            return {"source": "rows", "synthetic": None, "location": str(dataset_name)}
+        return {"source": "hub", "synthetic": None, "location": dataset_name, "hub_dataset_id": dataset_name}
     if data_dir:
         root = Path(data_dir)
         synthetic = (root / "truth.jsonl").is_file() or (root.parent / "truth.jsonl").is_file()
@@ -329,7 +311,9 @@ def training_dataset_ids(hub_dataset_id: str | list[str] | None = None, data: di
 
     ``hub_dataset_id`` (``--hub_dataset_id``; one id, a comma-separated string or a list) when given; else the
     training data's own id (``data`` is :func:`describe_data`'s record): ``data["hub_dataset_id"]``, or
-    ``data["location"]`` of rows loaded by name when that is a Hub repo id (``namespace/name``, not a local path). Each id is checked; an empty list means the data has no Hub id.
+    ``data["location"]`` of data loaded from the Hub (``--dataset_name namespace/name``). Local data (a data
+    folder, a rows file or export folder, the embedded synthetic world) never names itself. Each id is checked;
+    an empty list means the data has no Hub id.
     """
     from cxr_max.errors import DataError
     from cxr_max.hub.cards import check_hub_id
@@ -343,7 +327,7 @@ def training_dataset_ids(hub_dataset_id: str | list[str] | None = None, data: di
             raise ValueError(str(e)) from None
     data = data or {}
     # a data_dir (MIMIC-CXR-JPG or synthetic root) is a local folder, never the data's Hub id
-    local = data.get("source") in ("embedded synthetic", "mimic-cxr-jpg", "in-process")
+    local = data.get("source") in ("embedded synthetic", "mimic-cxr-jpg", "in-process", "rows")
     for candidate in (data.get("hub_dataset_id"), None if local else data.get("location")):
         try:
             return [check_hub_id(candidate, "dataset", "data")]
@@ -437,6 +421,9 @@ def card_data_text(stages: list[dict]) -> tuple[str, list[str]]:
     if sources and all(src == "mimic-cxr-jpg" for src in sources):
         return ("Trained on MIMIC-CXR-JPG (credentialed PhysioNet data, read locally by the cxr_max builder) with "
                 "teacher trajectories; no image or report text is part of this repository.", [])
+    if sources and all(src == "hub" for src in sources):
+        ids = ", ".join(dict.fromkeys(s["data"]["location"] for s in stages))
+        return (f"Trained on the Hub dataset(s) {ids} (see their cards for the data's origin and licence).", [])
     if any(src == "embedded synthetic" for src in sources):
         which = ", ".join(s["name"] for s in stages if s.get("data", {}).get("source") == "embedded synthetic")
         return ("**Trained on the embedded synthetic world of cxr_max, not on MIMIC-CXR** (stages: " + which + "): "
@@ -451,13 +438,14 @@ def card_data_text(stages: list[dict]) -> tuple[str, list[str]]:
 def run_stage(trainer_cls, dataset, training_args, model_args, *, model_path: str, stage: str,
               data: dict | None = None, freeze_vit: bool = True, min_pixels: int | None = None,
               max_pixels: int | None = None, max_truncated_share: float = 0.02,
-              hub_dataset_id: str | list[str] | None = None, **trainer_kwargs):
+              hub_dataset_id: str | list[str] | None = None, eval_dataset=None, **trainer_kwargs):
     """The part every training recipe shares: load, train (resuming if asked), save with lineage, push.
 
     Returns ``(output_dir, trainer)``. ``model_path`` is the checkpoint the stage starts from. ``data``
     (:func:`describe_data`) is recorded in ``training_stages.json``; ``freeze_vit`` goes to :func:`lora_config`;
     ``min_pixels``/``max_pixels`` to :func:`bound_image_size`; ``max_truncated_share`` to
-    :func:`guard_sft_truncation` (SFT on image rows). With ``--push_to_hub`` the final model is pushed once
+    :func:`guard_sft_truncation` (SFT on image rows); ``eval_dataset`` goes to the trainer (the stages pass one
+    when ``--eval_strategy`` asks for evaluation). With ``--push_to_hub`` the final model is pushed once
     (:func:`take_hub_push`); its card names ``hub_dataset_id`` (``--hub_dataset_id``) or the training data's own
     Hub id as the training dataset, and both that and the base model are checked before training starts.
 
@@ -481,8 +469,8 @@ def run_stage(trainer_cls, dataset, training_args, model_args, *, model_path: st
     # `Trainer.create_optimizer` reads `optimizer_cls_and_kwargs`; TRL's DPOTrainer (so APOTrainer) does not take
     # it in __init__, so it is set on every trainer after construction
     optimizer = trainer_kwargs.pop("optimizer_cls_and_kwargs", None)
-    trainer = trainer_cls(model, args=training_args, train_dataset=dataset, processing_class=processing_class,
-                          peft_config=peft_config, **trainer_kwargs)
+    trainer = trainer_cls(model, args=training_args, train_dataset=dataset, eval_dataset=eval_dataset,
+                          processing_class=processing_class, peft_config=peft_config, **trainer_kwargs)
     if optimizer is not None:
         trainer.optimizer_cls_and_kwargs = optimizer
     guard_sft_truncation(trainer, max_truncated_share)
