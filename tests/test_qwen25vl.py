@@ -28,7 +28,6 @@ pytestmark = [pytest.mark.qwen, pytest.mark.skipif(
     not qwen_available(), reason="needs torchvision (Qwen2_5_VLProcessor); make test runs it in .venv-qwen")]
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes"))
 sys.path.insert(0, str(Path(__file__).parent))
 CONFIGS = ROOT / "recipes" / "configs"
 
@@ -47,10 +46,8 @@ def world(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory, world):
     """learn -> compare (vote) on the world, once for the module: ``{name: folder}``."""
-    import compare
-    import learn
-
     from cxr_max.evaluation import runner
+    from cxr_max.stages import compare, learn
     from cxr_max.training.tiny_qwen import tiny_qwen25vl
 
     base = tmp_path_factory.mktemp("qwen")
@@ -63,8 +60,9 @@ def stages(tmp_path_factory, world):
                                  "--vision_lr", "1e-4", "--per_device_train_batch_size", "4", "--logging_steps", "1",
                                  "--max_length", "2048", "--save_strategy", "no", *data)
     learn.main(script, args, model)
-    compare.main(trajectories=world / "trajectories", data_dir=world / "mimic-cxr-jpg", out=base / "compare",
-                 consensus="vote", report=False)
+    compare.main(compare.CompareArguments(trajectories=str(world / "trajectories"),
+                                          data_dir=str(world / "mimic-cxr-jpg"), output_dir=str(base / "compare"),
+                                          consensus="vote", report=False))
     return {"base": base, "init": base / "init", "learn": base / "learn", "compare": base / "compare"}
 
 
@@ -111,21 +109,22 @@ def test_learn_uses_assistant_only_loss_and_records_the_synthetic_world(stages):
 
 
 def test_compare_with_vote_and_with_the_qwen_student_as_model_consensus(stages, world):
-    import compare
+    from cxr_max.stages import compare
 
     rows = [json.loads(line) for line in (stages["compare"] / "preferences.jsonl").read_text().splitlines()]
     assert rows and all(r["consensus_method"] == "vote" for r in rows)
     processor_eos = json.loads((stages["learn"] / "generation_config.json").read_text())["eos_token_id"]
-    out = compare.main(trajectories=world / "trajectories", data_dir=world / "mimic-cxr-jpg",
-                       out=stages["base"] / "compare_model", consensus="model", model=stages["learn"], report=False,
-                       batch_size=8, max_new_tokens=6, forced_eos_token_id=processor_eos[0], progress=False)
+    args = compare.CompareArguments(trajectories=str(world / "trajectories"), data_dir=str(world / "mimic-cxr-jpg"),
+                                    output_dir=str(stages["base"] / "compare_model"), consensus="model",
+                                    model=str(stages["learn"]), report=False, batch_size=8, max_new_tokens=6)
+    out = compare.main(args, forced_eos_token_id=processor_eos[0], progress=False)
     model_rows = [json.loads(line) for line in Path(out).read_text().splitlines()]
     assert model_rows and all(r["consensus_method"] == "model" and r["consensus_source"] == "model"
                               for r in model_rows)
 
 
 def _critique(stages, out, *extra):
-    import critique
+    from cxr_max.stages import critique
 
     script, args, model = _parse(critique, CONFIGS / "critique_tiny.yaml", "--model_name_or_path", str(stages["learn"]),
                                  "--preferences", str(stages["compare"]), "--data_dir", str(stages["world"]),
@@ -209,7 +208,7 @@ def test_critique_resumes_after_a_kill(critiqued):
 
 
 def test_evaluate_the_qwen_student(critiqued, tmp_path):
-    import evaluate as evaluate_recipe
+    from cxr_max.stages import evaluate as evaluate_recipe
 
     student = critiqued["base"] / "critique_precomputed"
     if not (student / "config.json").is_file():
