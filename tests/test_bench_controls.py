@@ -88,6 +88,22 @@ def test_positive_control_chosen_is_the_teacher_closest_to_the_truth_and_every_o
     assert closest_to_truth(["As an AI, I cannot provide medical diagnoses.", ""], {"Edema": 1.0}) is None
 
 
+def test_closest_to_truth_breaks_ties_at_random_not_by_teacher_order():
+    import random
+
+    right = ["There is pulmonary edema.", "Moderate pulmonary edema is present.", "Edema is seen."]
+    texts = ["There is no pulmonary edema.", *right]
+    assert closest_to_truth(texts, {"Edema": 1.0}) == 1  # no rng: the first of the tied
+    picks = {closest_to_truth(texts, {"Edema": 1.0}, rng=random.Random(i)) for i in range(40)}
+    assert picks == {1, 2, 3}  # every tied trajectory gets picked, the wrong one never
+    # control_preferences draws per image, reproducibly: the positives spread over the tied teachers
+    truth = {f"d{i}": _truth({"Edema": 1.0}) for i in range(30)}
+    rows = [_row(dicom_id=f"d{i}", chosen=right[0], rejected=[texts[0], *right[1:]]) for i in range(30)]
+    first = [r["chosen"] for r in control_preferences(rows, truth, "positive", seed=3)]
+    assert first == [r["chosen"] for r in control_preferences(rows, truth, "positive", seed=3)]
+    assert set(first) == set(right)
+
+
 def test_positive_control_rendered_is_the_truth_and_every_teacher_is_rejected():
     truth = {"d1": _truth({"Edema": 1.0})}
     (row,) = control_preferences([_row()], truth, "positive", positive="rendered")

@@ -103,10 +103,16 @@ def write_truth_trajectories(trajectories: str | Path, truth: Mapping[str, Any],
 
 
 def closest_to_truth(texts: list[str], labels: Mapping[str, float | None],
-                     findings: tuple[str, ...] = STATED_FINDINGS) -> int | None:
-    """Index of the trajectory that agrees with the true ``labels`` on most of ``findings`` (present vs not;
-    the first such trajectory on ties), or None when no trajectory states anything (all refusals or empty).
-    Hedged truths are left out of the count."""
+                     findings: tuple[str, ...] = STATED_FINDINGS, rng: random.Random | None = None) -> int | None:
+    """Index of the trajectory that agrees with the true ``labels`` on most of ``findings`` (present vs not),
+    or None when no trajectory states anything (all refusals or empty). Hedged truths are left out of the count.
+
+    Ties (most images: several teachers get all six right) are broken by ``rng`` when given, else the first
+    tied trajectory. A fixed order hands most positives to one teacher, and with them its style: measured on
+    the 400-patient world, first-on-ties made one teacher (sim-gemini-2.5-flash-lite, the one whose style
+    the learn student ties to missed effusions after its sudden drift) the positive of 40 % of the rows, and the
+    positive control lost effusion sensitivity (32/39 -> 24/39 test positives). ``control_preferences`` draws
+    ties at random, seeded per image."""
     from cxr_max.evaluation.labeler import label_reports
     from cxr_max.trajectories.parse import is_refusal
 
@@ -116,7 +122,8 @@ def closest_to_truth(texts: list[str], labels: Mapping[str, float | None],
     read = label_reports([texts[i] for i in usable])
     keep = [f for f in findings if labels.get(f) != -1.0]
     score = [sum((lab.get(f) == 1.0) == (labels.get(f) == 1.0) for f in keep) for lab in read]
-    return usable[int(np.argmax(score))]
+    tied = [usable[j] for j, v in enumerate(score) if v == max(score)]
+    return rng.choice(tied) if rng is not None else tied[0]
 
 
 def control_preferences(rows: Iterable[Mapping[str, Any]], truth: Mapping[str, Any], kind: ControlKind, *,
@@ -150,7 +157,7 @@ def control_preferences(rows: Iterable[Mapping[str, Any]], truth: Mapping[str, A
             if positive == "rendered":
                 chosen, chosen_source = truth_trajectory(t.labels, t.laterality), "truth"
             else:
-                best = closest_to_truth(texts, t.labels)
+                best = closest_to_truth(texts, t.labels, rng=random.Random(f"{seed}:positive:{row['dicom_id']}"))
                 if best is None:
                     continue
                 chosen, chosen_source = texts[best], f"closest to the truth: {names[best]}"
