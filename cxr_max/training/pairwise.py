@@ -10,19 +10,22 @@ def expand_pairwise(dataset: Dataset) -> Dataset:
 
     Images (``images``) and identifiers are copied to every pair; ``rejected_teacher`` names the pair's teacher.
     The result is what stock ``trl.DPOTrainer`` expects.
+
+    The copies are made by row index (``Dataset.select`` + ``flatten_indices``, Arrow-level), so images are never
+    decoded and re-encoded: measured on the 400-patient world's 989 rows (5,933 pairs), the earlier
+    ``map`` over decoded rows took 3 min 57 s.
     """
-    keep = [c for c in dataset.column_names if c not in ("rejected", "rejected_teachers", "rejected_weights")]
-
-    def explode(batch: dict) -> dict:
-        out = {c: [] for c in keep}
-        out["rejected"], out["rejected_teacher"] = [], []
-        for i in range(len(batch["rejected"])):
-            teachers = batch.get("rejected_teachers", [None] * len(batch["rejected"]))[i] or []
-            for k, rej in enumerate(batch["rejected"][i]):
-                for c in keep:
-                    out[c].append(batch[c][i])
-                out["rejected"].append(rej)
-                out["rejected_teacher"].append(teachers[k] if k < len(teachers) else f"negative_{k}")
-        return out
-
-    return dataset.map(explode, batched=True, remove_columns=dataset.column_names, desc="Expanding to pairs")
+    drop = [c for c in ("rejected", "rejected_teachers", "rejected_weights") if c in dataset.column_names]
+    rejected = dataset["rejected"]
+    teachers = dataset["rejected_teachers"] if "rejected_teachers" in dataset.column_names else [None] * len(rejected)
+    index, flat, names = [], [], []
+    for i, negatives in enumerate(rejected):
+        row_teachers = teachers[i] or []
+        for k, negative in enumerate(negatives):
+            index.append(i)
+            flat.append(negative)
+            names.append(row_teachers[k] if k < len(row_teachers) else f"negative_{k}")
+    feature = getattr(dataset.features["rejected"], "feature", None)
+    pairs = dataset.remove_columns(drop).select(index).flatten_indices()
+    pairs = pairs.add_column("rejected", flat, feature=feature)
+    return pairs.add_column("rejected_teacher", names)
