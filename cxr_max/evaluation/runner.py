@@ -43,6 +43,7 @@ import numpy as np
 from cxr_max.errors import DataError, OnError, SkipLog, handle
 from cxr_max.evaluation.clinical import percentile_ci, bootstrap_resample_weights, clinical_metrics, ms_cxr_t_metrics
 from cxr_max.evaluation.predict import TABLE_FINDINGS, user_message
+from cxr_max.evaluation.probe import finding_metrics
 from cxr_max.labels import MS_CXR_T_FINDINGS, label_key
 from cxr_max.trajectories.prompts import render_prompt
 
@@ -233,29 +234,12 @@ def presence_accuracy(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Presence accuracy per finding and ``Avg`` as ``{"value", "ci_low", "ci_high", "n"}`` (module docstring)."""
+    """Presence accuracy per finding and ``Avg`` as ``{"value", "ci_low", "ci_high", "n"}`` (module docstring):
+    the ``accuracy`` of :func:`cxr_max.evaluation.probe.finding_metrics`, which computes it with the same rule
+    and resamples."""
     _check_pairs(pred_labels, truths, "predictions")
-    n = len(truths)
-    w = bootstrap_resample_weights(n, n_boot, seed)
-    out: dict[str, Any] = {}
-    vals, boots = [], []
-    for f in findings:
-        t = [tr.get(f) for tr in truths]
-        keep = np.array([v != -1.0 for v in t], dtype=np.int32)
-        correct = np.array([((p or {}).get(f) == 1.0) == (v == 1.0) for p, v in zip(pred_labels, t)], dtype=np.int32)
-        if keep.sum() == 0:
-            out[f] = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
-            continue
-        value = float((correct * keep).sum() / keep.sum())
-        den = w @ keep
-        boot = np.divide(w @ (correct * keep), den, out=np.full(n_boot, np.nan), where=den > 0)
-        out[f] = {**percentile_ci(value, boot), "n": int(keep.sum())}
-        vals.append(value)
-        boots.append(boot)
-    with np.errstate(all="ignore"):
-        avg_boot = np.nanmean(np.vstack(boots), axis=0) if boots else np.full(n_boot, np.nan)
-    out["Avg"] = {**percentile_ci(float(np.mean(vals)) if vals else float("nan"), avg_boot), "n": n}
-    return out
+    metrics = finding_metrics(pred_labels, truths, findings, n_boot=n_boot, seed=seed)
+    return {key: {**metrics[key]["accuracy"], "n": metrics[key]["n"]} for key in (*findings, "Avg")}
 
 
 def agreement(
