@@ -10,9 +10,9 @@ hedge when the teacher hedges), decided by a coin keyed on (teacher, image, find
 for every sample of an image and independent of every other teacher. These teacher-specific errors put each
 teacher's balanced accuracy on the six headline findings near what real MLLMs reach on chest X-rays (about
 .70-.87 per finding), while the teachers' consensus stays well above the best of them
-(:func:`cxr_max.drift.teacher_accuracy.teacher_accuracy_table` measures both). Planted behaviours then act on those calls; every one of
-them is measurable against the truth. Behaviour may depend on ``stream_pos`` (the study's place in date
-order): that is the drift.
+(:func:`cxr_max.drift.teacher_accuracy.teacher_accuracy_table` measures both). Planted behaviours then act
+on those calls; every one of them is measurable against the truth. Behaviour may depend on ``stream_pos``
+(the study's place in date order): that is the drift.
 
 | teacher | style | profile | misreads (miss / false positive) | planted behaviours |
 |---|---|---|---|---|
