@@ -1,6 +1,6 @@
 """How good are the simulated teachers, and their consensus? Balanced accuracy per finding against the truth.
 
-Runs :func:`cxr_max.synthetic.teachers.teacher_accuracy_table` (the teachers' ``claims()`` on the
+Runs :func:`cxr_max.drift.teacher_accuracy.teacher_accuracy_table` (the teachers' ``claims()`` on the
 ``diagnose`` task vs the report's truth; hedged truth left out; refusals predict absent) on the train split
 of the default world (seed 0, 160 patients) and of a larger one (seed 0, ``--large`` patients), and prints
 and writes, per finding: every teacher's balanced accuracy, the vote and Dawid-Skene consensus, and the best
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from cxr_max.synthetic.build import DEFAULT_N_PATIENTS, FORMAT_VERSION, generate_world
-from cxr_max.synthetic.teachers import format_accuracy_table, teacher_accuracy_table
+from cxr_max.drift.teacher_accuracy import format_accuracy_table, teacher_accuracy_table
 from cxr_max.synthetic.world import image_truths
 
 RESULTS = Path(__file__).parent / "results" / "teacher_accuracy.json"

@@ -14,6 +14,7 @@ from cxr_max.evaluation.clinical import (
     label_f1,
     ms_cxr_t_metrics,
     parse_progression,
+    read_progression,
     temporal_accuracy,
 )
 from cxr_max.labels import CHEXPERT_LABELS, FIVE_FINDINGS
@@ -106,6 +107,32 @@ def test_label_f1_bad_input():
 )
 def test_parse_progression(text, finding, expected):
     assert parse_progression(text, finding) == expected
+
+
+def test_read_progression_one_or_two_answers():
+    """One reader: a two-image answer states the class; two single-image answers are compared."""
+    assert read_progression("The pleural effusion has increased.", "Pleural Effusion") == "worsening"
+    assert read_progression("The pleural effusion is present.", "Pleural Effusion") is None
+    assert read_progression("Large pleural effusion.", "Pleural Effusion", previous_answer="Small pleural effusion.") \
+        == "worsening"
+    assert read_progression("No pneumothorax.", "Pneumothorax", previous_answer="Small pneumothorax.") == "improving"
+    assert read_progression("Pulmonary edema.", "Edema", previous_answer="Moderate pulmonary edema.") == "stable"
+
+
+def test_ms_cxr_t_pairs_of_answers():
+    recs = [
+        {"dicom_id": "a", "previous_dicom_id": "b", "finding": "Edema", "previous_answer": "No edema.",
+         "answer": "Mild pulmonary edema.", "label": "worsening"},
+        {"dicom_id": "c", "previous_dicom_id": "d", "finding": "Pneumothorax", "previous_answer": "Large pneumothorax.",
+         "answer": "Small pneumothorax.", "label": "improving"},
+    ]
+    out = ms_cxr_t_metrics(recs, n_boot=50)
+    assert out["n"] == 2 and out["unparsed"] == 0 and out["avg_top1"]["value"] == 1.0
+    with pytest.raises(DataError, match="row 1.*previous_answer must be str"):
+        ms_cxr_t_metrics([recs[0], {**recs[1], "previous_answer": None}], n_boot=50)
+    with pytest.raises(DataError, match="row 0.*previous_answer is not valid UTF-8"):
+        ms_cxr_t_metrics([{**recs[0], "previous_answer": b"\xff"}], n_boot=50)
+    assert ms_cxr_t_metrics([{**recs[0], "previous_answer": b"No edema."}], n_boot=50)["avg_top1"]["value"] == 1.0
 
 
 def test_temporal_accuracy_top1_and_balanced():

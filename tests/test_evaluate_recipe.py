@@ -10,6 +10,7 @@ import pytest
 
 from cxr_max.errors import DataError, SkipLog
 from cxr_max.evaluation import runner
+from cxr_max.evaluation.clinical import finding_state, ms_cxr_t_metrics, pair_progression
 
 PRESENT = "The disease of this patient is pleural effusion."
 ABSENT = "No pleural effusion. The heart size is normal, without cardiomegaly."
@@ -58,12 +59,17 @@ def test_agreement_counts_identical_findings():
 
 
 def test_finding_state_and_progression():
-    assert runner.finding_state("A small left pleural effusion.", "Pleural Effusion") == 1.0
-    assert runner.finding_state("Large right pleural effusion.", "Pleural Effusion") == 3.0
-    assert runner.finding_state("No pleural effusion.", "Pleural Effusion") == 0.0
-    assert runner.pair_progression("Small pleural effusion.", "Large pleural effusion.", "Pleural Effusion") == "worsening"
-    assert runner.pair_progression("Large pleural effusion.", "No pleural effusion.", "Pleural Effusion") == "improving"
-    assert runner.pair_progression("No edema.", "No edema.", "Edema") == "stable"
+    assert finding_state("A small left pleural effusion.", "Pleural Effusion") == 1.0
+    assert finding_state("Large right pleural effusion.", "Pleural Effusion") == 3.0
+    assert finding_state("No pleural effusion.", "Pleural Effusion") == 0.0
+    assert finding_state("Possible small pleural effusion.", "Pleural Effusion") == 0.5
+    assert finding_state("Pleural effusion.", "Pleural Effusion") == 2.0  # present, no size word
+    # the grade is read from the labeler's clauses: a line-wrapped sentence is one clause, a skipped section none
+    assert finding_state("FINDINGS: Small left apical\npneumothorax.", "Pneumothorax") == 1.0
+    assert finding_state("INDICATION: large effusion?\nFINDINGS: Small pleural effusion.", "Pleural Effusion") == 1.0
+    assert pair_progression("Small pleural effusion.", "Large pleural effusion.", "Pleural Effusion") == "worsening"
+    assert pair_progression("Large pleural effusion.", "No pleural effusion.", "Pleural Effusion") == "improving"
+    assert pair_progression("No edema.", "No edema.", "Edema") == "stable"
 
 
 def test_pair_records_missing_image_raises_or_counts():
@@ -75,7 +81,22 @@ def test_pair_records_missing_image_raises_or_counts():
     skips = SkipLog()
     recs = runner.pair_records(rows, answers, on_error="skip", skips=skips)
     assert skips.total == 1 and len(recs) == 1
-    assert recs[0]["finding"] == "Edema" and "worsening" in recs[0]["answer"]
+    assert recs[0]["finding"] == "Edema"
+    assert (recs[0]["previous_answer"], recs[0]["answer"]) == ("No edema.", "Moderate pulmonary edema.")
+
+
+def test_pairs_of_single_image_answers_are_scored():
+    """Every pair gets a class from its two answers (none unparsed), scored against the label."""
+    rows = [{"dicom_id": "a", "previous_dicom_id": "b", "edema_progression": "worsening",
+             "pleural_effusion_progression": "improving"},
+            {"dicom_id": "c", "previous_dicom_id": "d", "edema_progression": "stable",
+             "pleural_effusion_progression": "stable"}]
+    answers = {"b": "No edema. Large left pleural effusion.", "a": "Moderate pulmonary edema. Small left pleural effusion.",
+               "d": "No edema. No pleural effusion.", "c": "Mild pulmonary edema. No pleural effusion."}
+    out = ms_cxr_t_metrics(runner.pair_records(rows, answers), n_boot=50)
+    assert out["n"] == 4 and out["unparsed"] == 0
+    assert out["per_finding"]["Pleural Effusion"]["top1"]["value"] == 1.0
+    assert out["per_finding"]["Edema"]["top1"]["value"] == 0.5  # "stable" pair read as worsening (0 -> 1)
 
 
 # -- bad input ------------------------------------------------------------------------------------------------
@@ -179,6 +200,7 @@ def test_evaluate_recipe_model_and_ms_cxr_t(world, tiny_model, tmp_path):
                                     max_new_tokens=6, n_boot=50, batch_size=4)
     t = recipe.main(args)
     assert t["ms_cxr_t"]["n"] >= 1
+    assert t["ms_cxr_t"]["unparsed"] == 0  # a pair's class comes from its two answers, always
     assert np.isfinite(t["ms_cxr_t"]["avg_top1"]["value"])
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from cxr_max.labels import LATERAL_FINDINGS
 from cxr_max.synthetic import SHARED_ERRORS, SIM_TEACHERS, generate_world, simulate_trajectories
-from cxr_max.synthetic.teachers import HEADLINE_FINDINGS, shared_error_applies, teacher_accuracy_table
+from cxr_max.drift.teacher_accuracy import teacher_accuracy_table
+from cxr_max.synthetic.teachers import HEADLINE_FINDINGS, shared_error_applies
 from cxr_max.synthetic.world import image_truths
 from cxr_max.trajectories.parse import is_refusal, split_answer
 from cxr_max.trajectories.schema import normalize_record

@@ -16,6 +16,7 @@ from cxr_max.evaluation.clinical import (
     label_f1,
     ms_cxr_t_metrics,
     parse_progression,
+    read_progression,
     temporal_accuracy,
 )
 from cxr_max.evaluation.model_metrics import chexbert_f1, radgraph_f1
@@ -31,6 +32,7 @@ __all__ = [
     "label_f1",
     "ms_cxr_t_metrics",
     "parse_progression",
+    "read_progression",
     "report_metrics",
     "simple_tokenize",
     "temporal_accuracy",

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from cxr_max.errors import DataError, OnError, SkipLog, handle
+from cxr_max.evaluation.labeler import clause_statuses, clauses, label_report, mentions
 from cxr_max.labels import CHEXPERT_LABELS, FIVE_FINDINGS, MS_CXR_T_FINDINGS, PROGRESSION_CLASSES, label_key
 
 __all__ = [
@@ -37,6 +38,9 @@ __all__ = [
     "label_f1",
     "clinical_metrics",
     "parse_progression",
+    "finding_state",
+    "pair_progression",
+    "read_progression",
     "temporal_accuracy",
     "ms_cxr_t_metrics",
 ]
@@ -242,8 +246,6 @@ def parse_progression(text: str, finding: str) -> str | None:
     resolved", is still improving). When no clause names the finding (a bare answer such as
     "Worsening."), the whole text is read instead.
     """
-    from cxr_max.evaluation.labeler import clause_statuses, clauses, mentions
-
     if finding not in MS_CXR_T_FINDINGS and finding not in CHEXPERT_LABELS:
         raise ValueError(f"unknown finding {finding!r}")
     parts = clauses(text)
@@ -258,6 +260,53 @@ def parse_progression(text: str, finding: str) -> str | None:
     if not hits:
         found = _classes_in(" ".join(parts))
     return found.pop() if len(found) == 1 else None
+
+
+_GRADES = (
+    (re.compile(r"\b(?:large|severe|extensive|massive|marked|big)\b", re.I), 3.0),
+    (re.compile(r"\b(?:moderate|moderately)\b", re.I), 2.0),
+    (re.compile(r"\b(?:small|mild|mildly|minimal|trace|tiny|slight|subtle)\b", re.I), 1.0),
+)
+
+
+def finding_state(text: str, finding: str) -> float:
+    """A finding's state in one single-image answer: 0 absent or not mentioned, 0.5 uncertain, else its grade
+    (1-3).
+
+    Presence comes from the rule labeler (:func:`cxr_max.evaluation.labeler.label_report`); the grade from size
+    words ("small/mild" 1, "moderate" 2, "large/severe" 3) in the first of the labeler's clauses
+    (:func:`cxr_max.evaluation.labeler.clauses`) that mentions the finding; a positive without a size word is 2.
+    """
+    status = label_report(text).get(finding)
+    if status == -1.0:
+        return 0.5
+    if status != 1.0:
+        return 0.0
+    for clause in clauses(text):
+        if mentions(clause, finding):
+            for grade_rx, grade in _GRADES:
+                if grade_rx.search(clause):
+                    return grade
+    return 2.0
+
+
+def pair_progression(previous: str, current: str, finding: str) -> str:
+    """improving / stable / worsening for ``finding`` from two single-image answers: worsening when the
+    :func:`finding_state` of ``current`` is higher than that of ``previous``, improving when lower, else stable."""
+    a, b = finding_state(previous, finding), finding_state(current, finding)
+    return "worsening" if b > a else "improving" if b < a else "stable"
+
+
+def read_progression(answer: str, finding: str, previous_answer: str | None = None) -> str | None:
+    """The MS-CXR-T progression class of one example, the one reader :func:`ms_cxr_t_metrics` uses.
+
+    A model that sees both images states the class in ``answer`` (:func:`parse_progression`; None when it
+    states none). A model that sees one image answers each image on its own: with ``previous_answer`` (its
+    answer on the previous image) the class comes from comparing the two (:func:`pair_progression`).
+    """
+    if previous_answer is None:
+        return parse_progression(answer, finding)
+    return pair_progression(previous_answer, answer, finding)
 
 
 def temporal_accuracy(
@@ -320,6 +369,19 @@ def temporal_accuracy(
     }
 
 
+def _answer_text(rec: Mapping[str, Any], key: str, row: int) -> str:
+    """``rec[key]`` as str (UTF-8 bytes decoded); anything else raises DataError naming the row."""
+    answer = rec.get(key)
+    if isinstance(answer, bytes):
+        try:
+            answer = answer.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{key} is not valid UTF-8", path="records", row=row) from e
+    if not isinstance(answer, str):
+        raise DataError(f"{key} must be str, got {type(answer).__name__}", path="records", row=row)
+    return answer
+
+
 def ms_cxr_t_metrics(
     records: Sequence[Mapping[str, Any]],
     *,
@@ -333,9 +395,11 @@ def ms_cxr_t_metrics(
 
     Each record: ``dicom_id``, ``previous_dicom_id``, ``finding`` (an MS-CXR-T finding, either
     "Pleural Effusion" or its key "pleural_effusion"), ``answer`` (the model's free text) and
-    ``label`` (the true class). A record with a missing id, unknown finding, bad label, non-str
-    answer, or (when ``image_exists`` is given) an image that does not exist, raises DataError naming
-    its index, or is counted in ``skips`` under ``on_error="skip"``.
+    ``label`` (the true class); a one-image model's record also has ``previous_answer`` (its answer on
+    the previous image, ``answer`` being the one on the current image). The class is read with
+    :func:`read_progression`. A record with a missing id, unknown finding, bad label, non-str answer,
+    or (when ``image_exists`` is given) an image that does not exist, raises DataError naming its
+    index, or is counted in ``skips`` under ``on_error="skip"``.
     """
     by_key = {label_key(f): f for f in MS_CXR_T_FINDINGS}
     predicted, truth, findings = [], [], []
@@ -351,18 +415,12 @@ def ms_cxr_t_metrics(
                 raise DataError(f"finding {rec.get('finding')!r} is not an MS-CXR-T finding", path="records", row=i)
             if rec.get("label") not in PROGRESSION_CLASSES:
                 raise DataError(f"label {rec.get('label')!r} is not one of {PROGRESSION_CLASSES}", path="records", row=i)
-            answer = rec.get("answer")
-            if isinstance(answer, bytes):
-                try:
-                    answer = answer.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataError("answer is not valid UTF-8", path="records", row=i) from e
-            if not isinstance(answer, str):
-                raise DataError(f"answer must be str, got {type(answer).__name__}", path="records", row=i)
+            answer = _answer_text(rec, "answer", i)
+            previous = _answer_text(rec, "previous_answer", i) if "previous_answer" in rec else None
         except DataError as err:
             handle(err, on_error, skips)
             continue
-        predicted.append(parse_progression(answer, finding))
+        predicted.append(read_progression(answer, finding, previous))
         truth.append(rec["label"])
         findings.append(finding)
     if not truth:

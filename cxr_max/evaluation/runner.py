@@ -19,7 +19,8 @@ What it measures (every headline number carries a 95 % percentile-bootstrap inte
   two single-image answers: each finding's state is read from each answer (absent 0, uncertain 0.5,
   "small"/"mild" 1, present without a grade or "moderate" 2, "large"/"severe" 3) and the pair is called
   *worsening* when the current state is higher than the previous one, *improving* when lower, *stable*
-  when equal. That class is scored with :func:`ms_cxr_t_metrics` (top-1 and class-balanced accuracy).
+  when equal (:func:`cxr_max.evaluation.clinical.finding_state` and ``pair_progression``). That class is scored
+  with :func:`ms_cxr_t_metrics` (top-1 and class-balanced accuracy).
 - **consistency** (:func:`agreement`): the share of (image, finding) whose extracted presence is the same
   in every run (paraphrased prompts, or sampling seeds).
 
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,7 @@ import numpy as np
 from cxr_max.errors import DataError, OnError, SkipLog, handle
 from cxr_max.evaluation.clinical import percentile_ci, bootstrap_resample_weights, clinical_metrics, ms_cxr_t_metrics
 from cxr_max.evaluation.predict import TABLE_FINDINGS, user_message
+from cxr_max.evaluation.probe import finding_metrics
 from cxr_max.labels import MS_CXR_T_FINDINGS, label_key
 from cxr_max.trajectories.prompts import render_prompt
 
@@ -233,29 +234,12 @@ def presence_accuracy(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Presence accuracy per finding and ``Avg`` as ``{"value", "ci_low", "ci_high", "n"}`` (module docstring)."""
+    """Presence accuracy per finding and ``Avg`` as ``{"value", "ci_low", "ci_high", "n"}`` (module docstring):
+    the ``accuracy`` of :func:`cxr_max.evaluation.probe.finding_metrics`, which computes it with the same rule
+    and resamples."""
     _check_pairs(pred_labels, truths, "predictions")
-    n = len(truths)
-    w = bootstrap_resample_weights(n, n_boot, seed)
-    out: dict[str, Any] = {}
-    vals, boots = [], []
-    for f in findings:
-        t = [tr.get(f) for tr in truths]
-        keep = np.array([v != -1.0 for v in t], dtype=np.int32)
-        correct = np.array([((p or {}).get(f) == 1.0) == (v == 1.0) for p, v in zip(pred_labels, t)], dtype=np.int32)
-        if keep.sum() == 0:
-            out[f] = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
-            continue
-        value = float((correct * keep).sum() / keep.sum())
-        den = w @ keep
-        boot = np.divide(w @ (correct * keep), den, out=np.full(n_boot, np.nan), where=den > 0)
-        out[f] = {**percentile_ci(value, boot), "n": int(keep.sum())}
-        vals.append(value)
-        boots.append(boot)
-    with np.errstate(all="ignore"):
-        avg_boot = np.nanmean(np.vstack(boots), axis=0) if boots else np.full(n_boot, np.nan)
-    out["Avg"] = {**percentile_ci(float(np.mean(vals)) if vals else float("nan"), avg_boot), "n": n}
-    return out
+    metrics = finding_metrics(pred_labels, truths, findings, n_boot=n_boot, seed=seed)
+    return {key: {**metrics[key]["accuracy"], "n": metrics[key]["n"]} for key in (*findings, "Avg")}
 
 
 def agreement(
@@ -281,44 +265,11 @@ def agreement(
     return {**percentile_ci(float(per_image.mean()), (w @ per_image) / n), "n": n, "runs": len(runs)}
 
 
-_GRADES = (
-    (re.compile(r"\b(?:large|severe|extensive|massive|marked|big)\b", re.I), 3.0),
-    (re.compile(r"\b(?:moderate|moderately)\b", re.I), 2.0),
-    (re.compile(r"\b(?:small|mild|mildly|minimal|trace|tiny|slight|subtle)\b", re.I), 1.0),
-)
-_CLAUSES = re.compile(r"(?<=[.;:\n])|\b(?:but|however|whereas|while)\b", re.I)
-
-
-def finding_state(text: str, finding: str) -> float:
-    """A finding's state in one answer: 0 absent or not mentioned, 0.5 uncertain, else its grade (1-3).
-
-    Presence comes from the rule labeler; the grade from size words ("small/mild" 1, "moderate" 2,
-    "large/severe" 3) in the clauses that mention the finding; a positive without a size word is 2.
-    """
-    from cxr_max.evaluation.labeler import label_report, mentions
-
-    status = label_report(text).get(finding)
-    if status == -1.0:
-        return 0.5
-    if status != 1.0:
-        return 0.0
-    for clause in _CLAUSES.split(text):
-        if clause and mentions(clause, finding):
-            for grade_rx, grade in _GRADES:
-                if grade_rx.search(clause):
-                    return grade
-    return 2.0
-
-
-def pair_progression(previous: str, current: str, finding: str) -> str:
-    """improving / stable / worsening for ``finding`` from two single-image answers (module docstring)."""
-    a, b = finding_state(previous, finding), finding_state(current, finding)
-    return "worsening" if b > a else "improving" if b < a else "stable"
-
-
 def pair_records(rows: Sequence[Mapping[str, Any]], answers: Mapping[str, str], *, on_error: OnError = "raise",
                  skips: SkipLog | None = None) -> list[dict]:
-    """MS-CXR-T records for :func:`ms_cxr_t_metrics`: one per (pair, finding with a label).
+    """MS-CXR-T records for :func:`ms_cxr_t_metrics`: one per (pair, finding with a label), holding the
+    single-image answers on the current (``answer``) and previous (``previous_answer``) image, which
+    :func:`cxr_max.evaluation.clinical.read_progression` compares.
 
     ``rows`` are ``ms_cxr_t`` config rows (ids and ``{finding}_progression``); ``answers`` maps a dicom_id
     to its single-image answer. A pair whose image has no answer raises, or is counted under "skip".
@@ -337,9 +288,8 @@ def pair_records(rows: Sequence[Mapping[str, Any]], answers: Mapping[str, str], 
         for f in MS_CXR_T_FINDINGS:
             label = row.get(f"{label_key(f)}_progression")
             if label:
-                cls = pair_progression(prev, cur, f)
                 out.append({"dicom_id": row["dicom_id"], "previous_dicom_id": row["previous_dicom_id"], "finding": f,
-                            "label": label, "answer": f"{f}: {cls}."})
+                            "label": label, "answer": cur, "previous_answer": prev})
     return out
 
 

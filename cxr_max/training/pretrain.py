@@ -34,6 +34,7 @@ import torch
 
 from cxr_max.evaluation.probe import balanced_accuracy_of
 from cxr_max.labels import CHEXPERT_LABELS, LATERAL_FINDINGS
+from cxr_max.training.tiny import tiny_image_processor, vision_config
 
 # A world seed no benchmark or recipe uses for its own data (they use 0 and small training seeds).
 PRETRAIN_WORLD_SEED = 900_001
@@ -263,19 +264,6 @@ Synthetic images only: it knows this simulator's renderer, not real radiographs.
 """
 
 
-def load_into(model, folder: str | Path) -> None:
-    """Copy a pretrained tower (``folder/vision.safetensors``) into a LLaVA model's vision tower (in place)."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(Path(folder) / "vision.safetensors"))
-    tower = model.model.vision_tower if hasattr(model, "model") and hasattr(model.model, "vision_tower") \
-        else model.vision_tower
-    missing, unexpected = tower.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"pretrained tower in {folder} does not fit this student: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-
-
 def vision_sizes(model) -> Sequence[int]:
     """(hidden, layers, image, patch) of a LLaVA model's vision tower (for messages and tests)."""
     c = model.config.vision_config
@@ -284,6 +272,4 @@ def vision_sizes(model) -> Sequence[int]:
 
 def pretrained_tower_for(spec, options: PretrainOptions | None = None) -> Path:
     """The cached pretrained tower of a :class:`cxr_max.training.tiny.TinyVLMSpec` (built when missing)."""
-    from cxr_max.training.tiny import tiny_image_processor, vision_config
-
     return pretrained_vision(vision_config(spec), tiny_image_processor(spec), options)

@@ -162,6 +162,20 @@ def tiny_image_processor(spec: TinyVLMSpec):
     )
 
 
+def load_into(model, folder: str | Path) -> None:
+    """Copy a pretrained tower (``folder/vision.safetensors``, written by
+    :func:`cxr_max.training.pretrain.pretrained_vision`) into a LLaVA model's vision tower (in place)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(folder) / "vision.safetensors"))
+    tower = model.model.vision_tower if hasattr(model, "model") and hasattr(model.model, "vision_tower") \
+        else model.vision_tower
+    missing, unexpected = tower.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"pretrained tower in {folder} does not fit this student: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+
+
 def tiny_vlm(texts: Iterable[str], output_dir: str | Path | None = None, spec: TinyVLMSpec | None = None,
              seed: int = 0, vision_init: str | Path | None = None):
     """Build the tiny LLaVA student, its tokenizer and processor.
@@ -216,8 +230,6 @@ def tiny_vlm(texts: Iterable[str], output_dir: str | Path | None = None, spec: T
     _seed(seed)
     model = LlavaForConditionalGeneration(config)
     if vision_init is not None:
-        from cxr_max.training.pretrain import load_into
-
         load_into(model, vision_init)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END)]
