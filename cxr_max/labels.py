@@ -25,6 +25,11 @@ CHEXPERT_LABELS: tuple[str, ...] = (
 MS_CXR_T_FINDINGS: tuple[str, ...] = ("Consolidation", "Edema", "Pleural Effusion", "Pneumonia", "Pneumothorax")
 FIVE_FINDINGS: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 
+# The paper's six headline findings, in the order of its tables: every results table of the project (teachers,
+# consensus, students) reports these.
+TABLE_FINDINGS: tuple[str, ...] = ("Consolidation", "Pleural Effusion", "Pneumothorax", "Edema", "Cardiomegaly",
+                                   "Atelectasis")
+
 # Findings that have a side.
 LATERAL_FINDINGS: tuple[str, ...] = ("Pleural Effusion", "Pneumothorax", "Consolidation", "Atelectasis")
 LATERALITIES: tuple[str, ...] = ("left", "right", "bilateral")

@@ -26,11 +26,10 @@ import pyarrow as pa
 
 from cxr_max.drift.findings import ABSENT, LATERAL_INDEX, NEG, NM, POS, PRESENT, UNC, UNCERTAIN
 from cxr_max.drift.preferences import render_trajectory
-from cxr_max.labels import CHEXPERT_LABELS, LATERAL_FINDINGS
+from cxr_max.labels import CHEXPERT_LABELS, LATERAL_FINDINGS, TABLE_FINDINGS
 
 # Findings the truth trajectory always states, negated when absent (the benchmark's table findings).
-STATED_FINDINGS: tuple[str, ...] = ("Consolidation", "Pleural Effusion", "Pneumothorax", "Edema", "Cardiomegaly",
-                                    "Atelectasis")
+STATED_FINDINGS = TABLE_FINDINGS
 _SIDE_CODE = {None: 0, "left": 1, "right": 2, "bilateral": 3}
 ControlKind = Literal["positive", "negative"]
 

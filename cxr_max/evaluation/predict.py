@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from cxr_max.labels import TABLE_FINDINGS
 from cxr_max.trajectories.prompts import chat_content, render_prompt
 
-# Findings the synthetic world draws, named as in the paper's table where it has them.
-TABLE_FINDINGS: tuple[str, ...] = ("Consolidation", "Pleural Effusion", "Pneumothorax", "Edema", "Cardiomegaly", "Atelectasis")
 
 
 def user_message(prompt: str) -> list[dict]:

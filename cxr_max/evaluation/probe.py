@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 
 from cxr_max.evaluation.clinical import bootstrap_resample_weights, percentile_ci
+from cxr_max.labels import TABLE_FINDINGS
 
-TABLE_FINDINGS: tuple[str, ...] = ("Consolidation", "Pleural Effusion", "Pneumothorax", "Edema", "Cardiomegaly",
-                                   "Atelectasis")
 METRICS = ("balanced_accuracy", "accuracy", "macro_f1")
 
 # Fixed templates of the probe; {name} is the finding in words (FINDING_WORDS). Several phrasings each, none

@@ -48,7 +48,7 @@ import hashlib
 import random
 from typing import Any
 
-from cxr_max.labels import CHEXPERT_LABELS, LATERAL_FINDINGS, label_key
+from cxr_max.labels import CHEXPERT_LABELS, LATERAL_FINDINGS, TABLE_FINDINGS, label_key
 from cxr_max.synthetic.world import FINDING_KEYS, POSITIVE_AT, ImageTruth
 from cxr_max.trajectories.prompts import answer_sentence
 
@@ -65,8 +65,7 @@ CORE: dict[str, tuple[str, ...]] = {
 _READ = tuple(f for f in CORE if f != "Support Devices")  # findings with teacher-specific misreads
 _NO_FINDING_EXCLUDES = ("No Finding", "Support Devices")
 # The paper's six headline findings (the order of its tables).
-HEADLINE_FINDINGS: tuple[str, ...] = ("Consolidation", "Pleural Effusion", "Pneumothorax", "Edema", "Cardiomegaly",
-                                      "Atelectasis")
+HEADLINE_FINDINGS = TABLE_FINDINGS
 _TASKS = ("diagnose", "explain", "report")
 
 

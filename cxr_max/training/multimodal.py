@@ -102,7 +102,7 @@ def finding_captions(dataset, findings: Sequence[str] | None = None):
     """SFT rows ``(images, messages)`` whose assistant turn is replaced by a caption of the findings that
     trajectory reports (the labeler reads the teacher's text). The user turn and image are kept."""
     from cxr_max.evaluation.labeler import label_reports
-    from cxr_max.evaluation.predict import TABLE_FINDINGS
+    from cxr_max.labels import TABLE_FINDINGS
     from cxr_max.trajectories.parse import assistant_text
 
     findings = tuple(findings or TABLE_FINDINGS)
