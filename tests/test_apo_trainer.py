@@ -2,14 +2,11 @@
 
 import contextlib
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
 
-sys.path.insert(0, str(Path(__file__).parent))
 
 from cxr_max.errors import DataError
 from cxr_max.training import APOConfig, APOTrainer, DataCollatorForAPO

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
 from test_drift_core import make_world  # noqa: E402
 
 from cxr_max.drift.compare import compare  # noqa: E402

@@ -28,7 +28,6 @@ pytestmark = [pytest.mark.qwen, pytest.mark.skipif(
     not qwen_available(), reason="needs torchvision (Qwen2_5_VLProcessor); make test runs it in .venv-qwen")]
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
 CONFIGS = ROOT / "recipes" / "configs"
 
 

@@ -2,14 +2,11 @@
 (per-candidate log-probs, the loss and every gradient, fp32, within 1e-4) for a tiny Llama, the tiny LLaVA and
 the tiny Qwen2.5-VL (``-m qwen``, in ``.venv-qwen``)."""
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
 
-sys.path.insert(0, str(Path(__file__).parent))
 
 from cxr_max.training import APOConfig, APOTrainer, DataCollatorForAPO
 from cxr_max.training.shared_prefix import (

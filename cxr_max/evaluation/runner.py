@@ -382,14 +382,8 @@ def load_eval_data(config: str = "mimic", split: str = "test", *, data_dir: str 
         from datasets import concatenate_datasets
 
         mimic = concatenate_datasets([mimic[s] for s in mimic])
-        src = ms_cxr_t
-        if src is None and data_dir is None:
-            from cxr_max.synthetic import ensure_synthetic
-
-            src = str(Path(ensure_synthetic(seed=seed)) / "ms-cxr-t")
-        if src is None:
-            raise ValueError("config 'ms_cxr_t' needs ms_cxr_t=<the MS-CXR-T CSV or its folder>")
-        pairs_all = cxr_max.load_dataset("ms_cxr_t", images="path", ms_cxr_t=src, **common)
+        # where the pairs come from (a given CSV, or the default synthetic world's) is cxr_max.sources' call
+        pairs_all = cxr_max.load_dataset("ms_cxr_t", images="path", ms_cxr_t=ms_cxr_t, **common)
         pairs_ds = concatenate_datasets([pairs_all[s] for s in pairs_all])  # MS-CXR-T has no official split
         pairs = [dict(r) for r in pairs_ds.remove_columns(["image", "previous_image"])]
         if limit:
