@@ -118,16 +118,15 @@ def main(a: APOArguments) -> dict:
 
 
 def with_world(a: APOArguments) -> tuple[APOArguments, Path | None]:
-    """``a`` with the embedded synthetic world's folders when no ``--data_dir`` is given (every stage then reads
-    the same explicit folders), and the synthetic world's root (None for real data)."""
-    if a.data_dir is None:
-        from cxr_max.synthetic import ensure_synthetic
+    """``a`` with explicit data folders (every stage then reads the same ones), and the synthetic world's root
+    (None for real data). Where they come from is :func:`cxr_max.sources.resolve_source`'s rule: no
+    ``--data_dir`` means the embedded synthetic world; a real ``--data_dir`` needs ``--trajectories``; a synthetic
+    world's own ``mimic-cxr-jpg`` brings that world's trajectories and truth."""
+    from cxr_max.sources import resolve_source
 
-        world = Path(ensure_synthetic())
-        a = dataclasses.replace(a, data_dir=str(world / "mimic-cxr-jpg"),
-                                trajectories=a.trajectories or str(world / "trajectories"))
-    else:  # a synthetic world passed explicitly has its truth beside the image root
-        world = Path(a.data_dir).parent if (Path(a.data_dir).parent / "truth.jsonl").is_file() else None
+    src = resolve_source(a.data_dir, a.trajectories, stage="apo", needs=("images", "trajectories"))
+    a = dataclasses.replace(a, data_dir=str(src.data_dir), trajectories=str(src.trajectories))
+    world = src.world
     if a.oracle and world is None:
         raise ValueError("--oracle needs a synthetic world (its truth.jsonl); real data has no ground truth")
     return a, world
