@@ -30,7 +30,24 @@ from cxr_max.stages.tracking import Tracker, report_to_field
 
 NAME = "apo"
 HELP = "The method end to end: learn, compare, critique, then the per-finding table"
-CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
+# The stage configs live in the project's recipes/configs/; a wheel carries a copy as cxr_max/stages/configs/
+# (copied there at build time by build_hooks.py). An installed package reads its copy; a checkout reads
+# recipes/configs/.
+INSTALLED_CONFIGS = Path(__file__).resolve().parent / "configs"
+CHECKOUT_CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
+DEFAULT_CONFIGS = ("learn_tiny.yaml", "critique_tiny.yaml")
+
+
+def config_dir() -> Path:
+    """The folder the default stage configs are read from: the installed copy, else a checkout's
+    ``recipes/configs/`` (returned as well when neither holds them; reading the file then names it)."""
+    for folder in (INSTALLED_CONFIGS, CHECKOUT_CONFIGS):
+        if all((folder / name).is_file() for name in DEFAULT_CONFIGS):
+            return folder
+    return CHECKOUT_CONFIGS
+
+
+CONFIGS = config_dir()
 ORACLE = "oracle ceiling (learn on the truth)"
 
 
