@@ -77,8 +77,8 @@ def test_the_wheel_carries_the_card_templates_and_every_module(wheel):
         names = set(z.namelist())
         for template in sorted((ROOT / "hub_cards").glob("*.md")):
             assert z.read(f"cxr_max/hub/templates/{template.name}") == template.read_bytes()
-    for config in sorted((ROOT / "recipes" / "configs").glob("*.yaml")):  # the repo's copy is the source of truth
-        assert z.read(f"cxr_max/stages/configs/{config.name}") == config.read_bytes()
+        for config in sorted((ROOT / "recipes" / "configs").glob("*.yaml")):  # the repo's copy is the source
+            assert z.read(f"cxr_max/stages/configs/{config.name}") == config.read_bytes()
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "cxr_max").rglob("*.py") if "__pycache__" not in p.parts}
     assert modules and modules <= names
     assert not any(n.startswith(("hub_cards/", "recipes/", "build_hooks", "tests/")) for n in names)  # nothing at top level
