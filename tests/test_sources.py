@@ -122,3 +122,55 @@ def test_the_builder_resolves_its_sources_here(synthetic_root, tmp_path):
     b = CxrMax(config_name="mimic", data_dir=jpg, images="path", cache_dir=str(tmp_path / "hf2"))
     b._split_generators(None)
     assert b._require_context().source == resolve_source(jpg)
+
+
+# -- the callers that used to decide the synthetic default themselves ---------------------------------------------
+
+
+def _real_copy(tmp_path) -> Path:
+    real = tmp_path / "real" / "mimic-cxr-jpg"
+    real.mkdir(parents=True, exist_ok=True)
+    return real
+
+
+def test_drift_report_on_a_real_copy_needs_its_trajectories(fake_world, tmp_path, capsys):
+    """A real --data_dir without --trajectories is an error naming the option, never the synthetic world's."""
+    from cxr_max.cli.main import main
+
+    code = main(["drift-report", "--data_dir", str(_real_copy(tmp_path)), "--out", str(tmp_path / "rep")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "drift-report" in err and "trajectories=" in err
+    assert fake_world[1] == []  # no world was built
+
+
+def test_compare_stage_on_a_real_copy_needs_its_trajectories(fake_world, tmp_path):
+    from cxr_max.stages import compare
+
+    args = compare.CompareArguments(output_dir=str(tmp_path / "out"), data_dir=str(_real_copy(tmp_path)))
+    with pytest.raises(ValueError, match=r"compare: data_dir=.* without trajectories="):
+        compare.main(args)
+    assert fake_world[1] == []
+
+
+def test_apo_reads_every_folder_from_one_source(fake_world, tmp_path):
+    from cxr_max.stages import apo
+
+    a, world = apo.with_world(apo.APOArguments(output_dir=str(tmp_path / "o")))
+    assert (Path(a.data_dir), Path(a.trajectories), world) == (
+        fake_world[0] / "mimic-cxr-jpg", fake_world[0] / "trajectories", fake_world[0])
+    with pytest.raises(ValueError, match="apo: data_dir=.* without trajectories="):
+        apo.with_world(apo.APOArguments(data_dir=str(_real_copy(tmp_path))))
+    traj = tmp_path / "t.jsonl"
+    a, world = apo.with_world(apo.APOArguments(data_dir=str(_real_copy(tmp_path)), trajectories=str(traj)))
+    assert world is None and Path(a.trajectories) == traj
+
+
+def test_describe_data_of_a_folder_is_the_sources_record(tmp_path):
+    from cxr_max.training.recipe_utils import describe_data
+
+    real = _real_copy(tmp_path)
+    assert describe_data(data_dir=str(real)) == resolve_source(real).describe() == {
+        "source": "mimic-cxr-jpg", "synthetic": False, "location": str(real)}
+    (real.parent / "truth.jsonl").write_text("")
+    assert describe_data(data_dir=str(real))["synthetic"] is True

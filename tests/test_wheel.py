@@ -1,4 +1,5 @@
-"""A wheel install works without a checkout: the card templates ship inside it; export and push dry runs run.
+"""A wheel install works without a checkout: the card templates and the stage configs ship inside it; export,
+push dry runs and the learn, compare and critique stages run.
 
 The wheel is built the way ``python -m build`` does it (an sdist first, then the wheel from the unpacked
 sdist), offline: setuptools' PEP 517 hooks and ``pip wheel --no-build-isolation --no-index``. It is installed
@@ -23,7 +24,7 @@ import yaml
 from safetensors.numpy import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "MANIFEST.in", "build_hooks.py", "hub_cards", "cxr_max")
+SOURCES = ("pyproject.toml", "README.md", "MANIFEST.in", "build_hooks.py", "hub_cards", "recipes/configs", "cxr_max")
 
 
 def _run(cmd, *, cwd, env=None, timeout=300):
@@ -54,7 +55,7 @@ def wheel(tmp_path_factory) -> Path:
     src = base / "src"  # a copy of the project's sources: the build writes build/ and *.egg-info/ next to them
     src.mkdir()
     for name in SOURCES:
-        if (ROOT / name).is_dir():
+        if (ROOT / name).is_dir():  # recipes/configs alone, without the rest of recipes/ (as the sdist has it)
             shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(ROOT / name, src / name)
@@ -76,9 +77,11 @@ def test_the_wheel_carries_the_card_templates_and_every_module(wheel):
         names = set(z.namelist())
         for template in sorted((ROOT / "hub_cards").glob("*.md")):
             assert z.read(f"cxr_max/hub/templates/{template.name}") == template.read_bytes()
+        for config in sorted((ROOT / "recipes" / "configs").glob("*.yaml")):  # the repo's copy is the source
+            assert z.read(f"cxr_max/stages/configs/{config.name}") == config.read_bytes()
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "cxr_max").rglob("*.py") if "__pycache__" not in p.parts}
     assert modules and modules <= names
-    assert not any(n.startswith(("hub_cards/", "build_hooks", "tests/")) for n in names)  # nothing at top level
+    assert not any(n.startswith(("hub_cards/", "recipes/", "build_hooks", "tests/")) for n in names)  # nothing at top level
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +90,7 @@ def installed(wheel, tmp_path_factory) -> dict:
     target = base / "site"
     _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", target, wheel], cwd=base)
     env = {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(base / "hf"),
-           "COLUMNS": "200"}
+           "COLUMNS": "200", "CXR_MAX_CACHE": str(base / "cache"), "OMP_NUM_THREADS": "1"}
     env.pop("HF_TOKEN", None)  # a dry run needs no token
     work = base / "work"  # outside the checkout: no hub_cards/ or cxr_max/ to find by accident
     work.mkdir()
@@ -96,12 +99,14 @@ def installed(wheel, tmp_path_factory) -> dict:
 
 @pytest.mark.slow
 def test_installed_package_reads_its_own_templates(installed):
-    out = _run([sys.executable, "-c", "import cxr_max, cxr_max.hub.cards as c; print(cxr_max.__file__); "
-                "print(c.template_dir())"], cwd=installed["work"], env=installed["env"])
-    package, templates = out.strip().splitlines()[-2:]
+    out = _run([sys.executable, "-c", "import cxr_max, cxr_max.hub.cards as c, cxr_max.stages.apo as a; "
+                "print(cxr_max.__file__); print(c.template_dir()); print(a.config_dir())"],
+               cwd=installed["work"], env=installed["env"])
+    package, templates, configs = out.strip().splitlines()[-3:]
     target = installed["target"].resolve()
     assert Path(package).resolve().is_relative_to(target)
     assert Path(templates).resolve() == target / "cxr_max" / "hub" / "templates"
+    assert Path(configs).resolve() == target / "cxr_max" / "stages" / "configs"
 
 
 @pytest.mark.slow
@@ -128,3 +133,26 @@ def test_export_and_push_dry_runs_from_the_installed_wheel(installed, tmp_path):
                        env=env))
     assert "model repo tester/student (private)" in shown and "nothing was sent" in shown
     assert "base_model: Qwen/Qwen2.5-VL-3B-Instruct" in shown and "Stage 1: learn" in shown
+
+
+@pytest.mark.slow
+def test_learn_compare_critique_from_the_installed_wheel(installed, tmp_path):
+    """The three stages as ``cxr-max`` commands, with the wheel's own tiny configs, on a small embedded world."""
+    env, work, cli = installed["env"], installed["work"], installed["cli"]
+    configs = installed["target"] / "cxr_max" / "stages" / "configs"
+    tiny = ["--max_steps", "2", "--logging_steps", "1", "--save_strategy", "no", "--synthetic_patients", "12",
+            "--tiny_image_size", "32", "--tiny_vocab_size", "400"]
+    learn = tmp_path / "learn"
+    _run([cli, "learn", "--config", configs / "learn_tiny.yaml", "--output_dir", learn, *tiny,
+          "--tiny_vision_pretrained", "false"], cwd=work, env=env, timeout=600)
+    assert (learn / "config.json").is_file()
+    (world,) = (Path(env["CXR_MAX_CACHE"])).glob("synthetic-*-n12-*")  # the world learn built (and read)
+    compare = tmp_path / "compare"
+    _run([cli, "compare", "--data_dir", world / "mimic-cxr-jpg", "--trajectories", world / "trajectories",
+          "--output_dir", compare], cwd=work, env=env, timeout=600)
+    preferences = compare / "preferences.jsonl"
+    assert preferences.is_file() and preferences.read_text().strip()
+    critique = tmp_path / "critique"
+    _run([cli, "critique", "--config", configs / "critique_tiny.yaml", "--model_name_or_path", learn,
+          "--preferences", preferences, "--output_dir", critique, *tiny[:-4]], cwd=work, env=env, timeout=600)
+    assert (critique / "config.json").is_file()

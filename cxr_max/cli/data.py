@@ -100,13 +100,10 @@ def validate(args: ValidateArguments) -> int:
     from cxr_max.trajectories.io import read_trajectories
 
     console = Console()
-    data_dir, dicom_dir, trajectories = args.data_dir, args.dicom_dir, args.trajectories
-    if data_dir is None:
-        from cxr_max.synthetic import ensure_synthetic
+    from cxr_max.sources import resolve_source
 
-        root = Path(ensure_synthetic())
-        data_dir, dicom_dir = root / "mimic-cxr-jpg", dicom_dir or root / "mimic-cxr"
-        trajectories = trajectories or root / "trajectories"
+    src = resolve_source(args.data_dir, args.trajectories, dicom_dir=args.dicom_dir, stage="validate")
+    data_dir, dicom_dir, trajectories = src.data_dir, src.dicom_dir, src.trajectories
     mimic = MimicRoot(data_dir, dicom_dir)
     table = None
     skips = SkipLog(max_examples=3)

@@ -49,13 +49,11 @@ def drift_report(args: DriftReportArguments) -> int:
     from cxr_max.drift.report import print_table
 
     console = Console()
-    trajectories, data_dir = args.trajectories, args.data_dir
-    if trajectories is None or (data_dir is None and args.order == "study"):
-        from cxr_max.synthetic import ensure_synthetic
+    from cxr_max.sources import resolve_source
 
-        root = Path(ensure_synthetic())
-        trajectories = trajectories or root / "trajectories"
-        data_dir = data_dir or root / "mimic-cxr-jpg"
+    src = resolve_source(args.data_dir, args.trajectories, stage="drift-report",
+                         needs=("trajectories", "images") if args.order == "study" else ("trajectories",))
+    trajectories, data_dir = src.trajectories, src.data_dir
     params = {"delta": args.delta} if args.delta is not None else {}
     model_kwargs = {"model": str(args.model)} if args.consensus == "model" else {}
     result = run_compare(

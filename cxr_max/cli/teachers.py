@@ -39,10 +39,10 @@ def serve_teachers(args: ServeTeachersArguments) -> int:
     from cxr_max.teachers.server import FaultPlan, SimWorld, serve
 
     root = args.root
-    if root is None and args.n_patients is not None:
-        from cxr_max.synthetic import ensure_synthetic
+    if root is None:
+        from cxr_max.sources import resolve_source
 
-        root = Path(ensure_synthetic(seed=args.seed, n_patients=args.n_patients))
+        root = resolve_source(seed=args.seed, synthetic_patients=args.n_patients, stage="serve-teachers").world
     world = SimWorld.from_root(root, seed=args.seed)
     faults = FaultPlan(rate_429=args.fault_429, rate_500=args.fault_500, rate_malformed=args.fault_malformed,
                        rate_drop=args.fault_drop, rate_timeout=args.fault_timeout, burst_429=args.burst_429,
@@ -103,9 +103,9 @@ def distill(args: DistillArguments) -> int:
     console = Console(stderr=True)
     sim_root = args.sim_root
     if args.images is None or (args.in_process and sim_root is None):
-        from cxr_max.synthetic import ensure_synthetic
+        from cxr_max.sources import resolve_source
 
-        sim_root = sim_root or Path(ensure_synthetic(seed=args.seed))
+        sim_root = sim_root or resolve_source(seed=args.seed, stage="distill").world
     images = args.images or sim_root / "mimic-cxr-jpg"
     kwargs = dict(tasks=tuple(args.task), samples=args.samples, shard=shard(args.shard), retry_failed=args.retry_failed,
                   teachers=args.teacher, allowed_hosts=args.allow_host, allow_remote=args.allow_remote,

@@ -30,7 +30,24 @@ from cxr_max.stages.tracking import Tracker, report_to_field
 
 NAME = "apo"
 HELP = "The method end to end: learn, compare, critique, then the per-finding table"
-CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
+# The stage configs live in the project's recipes/configs/; a wheel carries a copy as cxr_max/stages/configs/
+# (copied there at build time by build_hooks.py). An installed package reads its copy; a checkout reads
+# recipes/configs/.
+INSTALLED_CONFIGS = Path(__file__).resolve().parent / "configs"
+CHECKOUT_CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
+DEFAULT_CONFIGS = ("learn_tiny.yaml", "critique_tiny.yaml")
+
+
+def config_dir() -> Path:
+    """The folder the default stage configs are read from: the installed copy, else a checkout's
+    ``recipes/configs/`` (returned as well when neither holds them; reading the file then names it)."""
+    for folder in (INSTALLED_CONFIGS, CHECKOUT_CONFIGS):
+        if all((folder / name).is_file() for name in DEFAULT_CONFIGS):
+            return folder
+    return CHECKOUT_CONFIGS
+
+
+CONFIGS = config_dir()
 ORACLE = "oracle ceiling (learn on the truth)"
 
 
@@ -118,16 +135,15 @@ def main(a: APOArguments) -> dict:
 
 
 def with_world(a: APOArguments) -> tuple[APOArguments, Path | None]:
-    """``a`` with the embedded synthetic world's folders when no ``--data_dir`` is given (every stage then reads
-    the same explicit folders), and the synthetic world's root (None for real data)."""
-    if a.data_dir is None:
-        from cxr_max.synthetic import ensure_synthetic
+    """``a`` with explicit data folders (every stage then reads the same ones), and the synthetic world's root
+    (None for real data). Where they come from is :func:`cxr_max.sources.resolve_source`'s rule: no
+    ``--data_dir`` means the embedded synthetic world; a real ``--data_dir`` needs ``--trajectories``; a synthetic
+    world's own ``mimic-cxr-jpg`` brings that world's trajectories and truth."""
+    from cxr_max.sources import resolve_source
 
-        world = Path(ensure_synthetic())
-        a = dataclasses.replace(a, data_dir=str(world / "mimic-cxr-jpg"),
-                                trajectories=a.trajectories or str(world / "trajectories"))
-    else:  # a synthetic world passed explicitly has its truth beside the image root
-        world = Path(a.data_dir).parent if (Path(a.data_dir).parent / "truth.jsonl").is_file() else None
+    src = resolve_source(a.data_dir, a.trajectories, stage="apo", needs=("images", "trajectories"))
+    a = dataclasses.replace(a, data_dir=str(src.data_dir), trajectories=str(src.trajectories))
+    world = src.world
     if a.oracle and world is None:
         raise ValueError("--oracle needs a synthetic world (its truth.jsonl); real data has no ground truth")
     return a, world

@@ -76,13 +76,13 @@ def main(script_args: CompareArguments, **model_consensus_kwargs: Any) -> Path:
     a = script_args
     out = Path(a.output_dir)
     tracker = Tracker(a.report_to, run_name=a.run_name or f"{out.name}", output_dir=out)
-    trajectories, data_dir = a.trajectories, a.data_dir
-    if trajectories is None or (data_dir is None and (a.order == "study" or a.split)):
-        from cxr_max.synthetic import ensure_synthetic
+    from cxr_max.sources import resolve_source
 
-        root = Path(ensure_synthetic())
-        trajectories = trajectories or str(root / "trajectories")
-        data_dir = data_dir or str(root / "mimic-cxr-jpg")
+    # the images are needed to order by study and to pick a split's images; a time order reads trajectories only
+    src = resolve_source(a.data_dir, a.trajectories, stage="compare",
+                         needs=("trajectories", "images") if a.order == "study" or a.split else ("trajectories",))
+    trajectories = str(src.trajectories)
+    data_dir = None if src.data_dir is None else str(src.data_dir)
     mk = {k: v for k, v in (("batch_size", a.batch_size), ("max_new_tokens", a.max_new_tokens)) if v is not None}
     mk.update(model_consensus_kwargs)
     if a.consensus == "model":

@@ -91,10 +91,12 @@ class SimWorld:
     @classmethod
     def from_root(cls, root: str | Path | None = None, *, seed: int = 0, teachers: Mapping[str, Any] | None = None
                   ) -> "SimWorld":
-        """The world of a synthetic root (built with :func:`cxr_max.synthetic.ensure_synthetic` when None)."""
+        """The world of a synthetic root (None: the embedded synthetic world of ``seed``, from
+        :func:`cxr_max.sources.resolve_source`)."""
         from cxr_max import synthetic
+        from cxr_max.sources import resolve_source
 
-        root = Path(root) if root is not None else Path(synthetic.ensure_synthetic(seed=seed))
+        root = Path(root) if root is not None else resolve_source(seed=seed, stage="teacher server").world
         truth = synthetic.load_truth(root)
         jpg_root = root / "mimic-cxr-jpg"
         index = {}

@@ -218,11 +218,10 @@ def describe_data(*, dataset_name: str | None = None, data_dir: str | None = Non
         if Path(dataset_name).expanduser().exists():
             return {"source": "rows", "synthetic": None, "location": str(dataset_name)}
         return {"source": "hub", "synthetic": None, "location": dataset_name, "hub_dataset_id": dataset_name}
-    if data_dir:
-        root = Path(data_dir)
-        synthetic = (root / "truth.jsonl").is_file() or (root.parent / "truth.jsonl").is_file()
-        return {"source": "embedded synthetic" if synthetic else "mimic-cxr-jpg", "synthetic": synthetic,
-                "location": str(data_dir)}
+    if data_dir:  # the same rule the builder reads it by (cxr_max.sources); nothing is built for a given folder
+        from cxr_max.sources import resolve_source
+
+        return resolve_source(data_dir, stage=stage).describe()
     print(SYNTHETIC_BANNER.format(stage=stage), flush=True)
     logger.warning("%s: no data location given; training on the embedded synthetic world, not MIMIC-CXR", stage)
     return {"source": "embedded synthetic", "synthetic": True, "location": None}
