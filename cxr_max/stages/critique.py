@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, TrlParser
 
-from cxr_max.stages.data import DatasetArguments, train_and_eval, uses_builder
+from cxr_max.stages.data import TrainingStageArguments, train_and_eval, uses_builder
 from cxr_max.training.apo_config import APOConfig
 
 NAME = "critique"
@@ -30,30 +30,12 @@ HELP = "APO: Plackett-Luce preference optimisation, consensus positive against e
 
 
 @dataclass
-class CritiqueArguments(DatasetArguments):
+class CritiqueArguments(TrainingStageArguments):
     """Data options of the preference stages (critique, and the pairwise-DPO baseline)."""
 
     dataset_config: str | None = field(default="apo", metadata={"help": "Dataset configuration (the builder's: apo)."})
     preferences: str | None = field(default=None, metadata={"help": "cxr_max builder: compare-stage preference rows "
                                     "(file or folder)."})
-    synthetic_patients: int | None = field(default=None, metadata={"help": "cxr_max builder: size of the embedded "
-                                           "synthetic data."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N rows only."})
-    hub_dataset_id: str | None = field(default=None, metadata={"help": "With --push_to_hub: the training data's Hub "
-                                       "dataset id(s) for the model card (namespace/name, comma-separated; "
-                                       "default: --dataset_name when that is a Hub id)."})
-    require_data: bool = field(default=False, metadata={"help": "Stop unless --data_dir or another --dataset_name "
-                               "is given (the Qwen YAMLs set it: no silent training on the embedded synthetic world)."})
-    freeze_vit: bool = field(default=True, metadata={"help": "With --use_peft, leave the vision encoder and merger "
-                             "out of LoRA (the released recipe's setting); false adapts them too."})
-    min_pixels: int | None = field(default=None, metadata={"help": "Qwen-VL processors: fewest pixels per image."})
-    max_pixels: int | None = field(default=None, metadata={"help": "Qwen-VL processors: most pixels per image "
-                                   "(1003520 in the Qwen YAMLs; None: the processor's own)."})
-    vision_lr: float | None = field(default=None, metadata={"help": "Learning rate of the vision encoder (None: "
-                                    "--learning_rate for everything; 0 freezes it)."})
-    projector_lr: float | None = field(default=None, metadata={"help": "Learning rate of the projector (None: "
-                                       "--vision_lr)."})
 
 
 DATACLASS_TYPES = (CritiqueArguments, APOConfig, ModelConfig)

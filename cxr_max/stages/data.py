@@ -45,6 +45,32 @@ class DatasetArguments:
                                  "embedded synthetic world)."})
 
 
+
+@dataclass
+class TrainingStageArguments(DatasetArguments):
+    """The options every training stage (learn, critique, dpo) shares beside its data: the embedded world's size,
+    row caps, the card's data id, the no-silent-synthetic guard, LoRA scope, Qwen-VL image bounds and the vision
+    side's own learning rates."""
+
+    synthetic_patients: int | None = field(default=None, metadata={"help": "cxr_max builder: size of the embedded "
+                                           "synthetic data."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N rows only."})
+    hub_dataset_id: str | None = field(default=None, metadata={"help": "With --push_to_hub: the training data's Hub "
+                                       "dataset id(s) for the model card (namespace/name, comma-separated; "
+                                       "default: --dataset_name when that is a Hub id)."})
+    require_data: bool = field(default=False, metadata={"help": "Stop unless --data_dir or another --dataset_name "
+                               "is given (the Qwen YAMLs set it: no silent training on the embedded synthetic world)."})
+    freeze_vit: bool = field(default=True, metadata={"help": "With --use_peft, leave the vision encoder and merger "
+                             "out of LoRA (the released recipe's setting); false adapts them too."})
+    min_pixels: int | None = field(default=None, metadata={"help": "Qwen-VL processors: fewest pixels per image."})
+    max_pixels: int | None = field(default=None, metadata={"help": "Qwen-VL processors: most pixels per image "
+                                   "(1003520 = 1280 visual tokens in the Qwen YAMLs; None: the processor's own)."})
+    vision_lr: float | None = field(default=None, metadata={"help": "Learning rate of the vision encoder (None: "
+                                    "--learning_rate for everything; 0 freezes it)."})
+    projector_lr: float | None = field(default=None, metadata={"help": "Learning rate of the projector (None: "
+                                       "--vision_lr)."})
+
 def uses_builder(dataset_name: str | None) -> bool:
     """Whether ``dataset_name`` names the cxr_max builder (rather than ready rows on disk or on the Hub)."""
     return dataset_name in (None, BUILDER)

@@ -31,27 +31,20 @@ from pathlib import Path
 
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from cxr_max.stages.data import DatasetArguments, train_and_eval, uses_builder
+from cxr_max.stages.data import TrainingStageArguments, train_and_eval, uses_builder
 
 NAME = "learn"
 HELP = "Supervised bootstrapping: SFT of the student on every teacher's trajectories"
 
 
 @dataclass
-class LearnArguments(DatasetArguments):
+class LearnArguments(TrainingStageArguments):
     """Data and student options of the learn stage."""
 
     dataset_config: str | None = field(default="sft", metadata={"help": "Dataset configuration (the builder's: sft)."})
     trajectories: str | None = field(default=None, metadata={"help": "cxr_max builder: teacher trajectories file "
                                      "or folder."})
-    synthetic_patients: int | None = field(default=None, metadata={"help": "cxr_max builder: size of the embedded "
-                                           "synthetic data."})
     include_refusals: bool = field(default=False, metadata={"help": "Keep refusals in the SFT data."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N rows only."})
-    hub_dataset_id: str | None = field(default=None, metadata={"help": "With --push_to_hub: the training data's Hub "
-                                       "dataset id(s) for the model card (namespace/name, comma-separated; "
-                                       "default: --dataset_name when that is a Hub id)."})
     tiny_image_size: int = field(default=64, metadata={"help": "Tiny student: image side (pixels)."})
     tiny_patch_size: int = field(default=16, metadata={"help": "Tiny student: patch side (pixels)."})
     tiny_vocab_size: int = field(default=1024, metadata={"help": "Tiny student: tokenizer vocabulary size."})
@@ -64,23 +57,12 @@ class LearnArguments(DatasetArguments):
     tiny_vision_layers: int = field(default=3, metadata={"help": "Tiny student: vision tower depth."})
     tiny_text_hidden: int = field(default=96, metadata={"help": "Tiny student: language model width."})
     tiny_text_layers: int = field(default=2, metadata={"help": "Tiny student: language model depth."})
-    vision_lr: float | None = field(default=None, metadata={"help": "Learning rate of the vision encoder and "
-                                    "projector (None: --learning_rate for everything)."})
-    projector_lr: float | None = field(default=None, metadata={"help": "Learning rate of the projector (None: "
-                                       "--vision_lr). With --vision_lr 0 the vision tower is frozen."})
     align_epochs: float = field(default=0.0, metadata={"help": "Feature-alignment epochs on teacher-derived finding "
                                 "captions before the SFT (0: none; for students whose vision side starts random)."})
     align_learning_rate: float = field(default=3e-4, metadata={"help": "Learning rate of the alignment pass."})
-    require_data: bool = field(default=False, metadata={"help": "Stop unless --data_dir or another --dataset_name "
-                               "is given (the Qwen YAMLs set it: no silent training on the embedded synthetic world)."})
-    freeze_vit: bool = field(default=True, metadata={"help": "With --use_peft, leave the vision encoder and merger "
-                             "out of LoRA (the released recipe's setting); false adapts them too."})
     max_truncated_share: float = field(default=0.02, metadata={"help": "Image rows longer than max_length lose the "
                                        "end of their answer (counted); stop past this share of rows (1.0: never). "
                                        "Image tokens are never cut: a row whose image does not fit is an error."})
-    min_pixels: int | None = field(default=None, metadata={"help": "Qwen-VL processors: fewest pixels per image."})
-    max_pixels: int | None = field(default=None, metadata={"help": "Qwen-VL processors: most pixels per image "
-                                   "(1003520 = 1280 visual tokens in the Qwen YAMLs; None: the processor's own)."})
 
 
 DATACLASS_TYPES = (LearnArguments, SFTConfig, ModelConfig)
