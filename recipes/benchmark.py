@@ -11,7 +11,7 @@ preference-trained students, all with the same data, seed and number of optimize
 - ``dpo``           learn + the authors' released preference stage (pairwise DPO on consensus/teacher pairs);
 - ``apo-uniform``   learn + compare + critique (Plackett-Luce over all teachers, equal weights: the paper);
 - ``apo-drift``     the same with drift-aware negative weights;
-- ``apo-positive``  positive control: APO whose positive is the truth-rendered trajectory (must beat learn);
+- ``apo-positive``  positive control: APO whose positive is the teacher trajectory closest to the truth (must beat learn);
 - ``apo-negative``  negative control: APO whose positive is a random teacher's trajectory (must not);
 - ``oracle``        the ceiling: the learn recipe (same student, rows, steps) on truth-rendered trajectories.
 
@@ -59,7 +59,7 @@ class BenchArguments:
     work_dir: str = field(default="outputs/bench-science", metadata={"help": "Checkpoints, preferences, predictions."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Training seeds (one learn stage each)."})
     world_seed: int = field(default=0, metadata={"help": "Seed of the synthetic world (fixed across training seeds)."})
-    synthetic_patients: int = field(default=160, metadata={"help": "Size of the synthetic world."})
+    synthetic_patients: int = field(default=400, metadata={"help": "Size of the synthetic world (400: 989 train images)."})
     variants: list[str] = field(default_factory=lambda: list(VARIANTS), metadata={"help": f"Students: {VARIANTS}."})
     learn_config: str = field(default=str(HERE / "configs/learn_tiny.yaml"))
     critique_config: str = field(default=str(HERE / "configs/critique_tiny.yaml"))
@@ -73,9 +73,10 @@ class BenchArguments:
     critique_max_steps: int | None = field(default=None, metadata={"help": "Cap on preference steps (smoke tests)."})
     consensus: str = field(default="vote", metadata={"help": "Compare-stage consensus: vote | dawid_skene."})
     positive_text: str = field(default="closest", metadata={"help": "Compare-stage positive: closest (the teacher "
-                               "trajectory closest to the consensus) | closest-or-rendered | rendered; the positive "
-                               "control picks the teacher trajectory closest to the truth alike (rendered: the "
-                               "truth-rendered text)."})
+                               "trajectory closest to the consensus) | closest-or-rendered | rendered."})
+    control_positive: str = field(default="closest", metadata={"help": "Positive control's positive: closest (the "
+                                  "teacher trajectory closest to the truth, in the teachers' words) | rendered (the "
+                                  "truth-rendered trajectory; measured to displace the teachers' text, see the README)."})
     eval_limit: int | None = field(default=None, metadata={"help": "Evaluate on the first N test images (None: all)."})
     probe: bool = field(default=True, metadata={"help": "Score students with the likelihood probe too."})
     consistency_images: int = field(default=24, metadata={"help": "Images for the consistency runs (0: none)."})
@@ -189,7 +190,7 @@ class Bench:
                 if not any(folder.glob("preferences*")):
                     rows = control_preferences(read_jsonl(out["uniform"] / "preferences.jsonl"), self.truth, kind,
                                                seed=self.a.world_seed,
-                                               positive="rendered" if self.a.positive_text == "rendered" else "closest")
+                                               positive=self.a.control_positive)
                     write_preferences(rows, folder)
                 out[kind] = folder
         return out

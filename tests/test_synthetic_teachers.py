@@ -249,7 +249,7 @@ def test_misses_at_their_planted_rate(truths, claims, name, finding):
 
 def test_false_positives_at_their_planted_rate(truths, claims):
     """On images without a trace of the finding, the high-recall teacher states it at 70 % of its false-positive
-    rate and hedges it at the other 30 %; the high-precision one almost never calls it."""
+    rate and hedges it at the other 30 %; the high-precision one calls it at its own, far lower rate."""
     f = "Edema"
     clean = [i for i, t in enumerate(truths) if t.severity["edema"] == 0 and _outside_windows(t, f)]
     gpt = SIM_TEACHERS["sim-gpt-5-nano"]
@@ -257,7 +257,9 @@ def test_false_positives_at_their_planted_rate(truths, claims):
     hedged = np.mean([claims["sim-gpt-5-nano"][i][0][f] == -1.0 for i in clean])
     assert stated == pytest.approx(0.7 * gpt.false_positive[f], abs=0.03)
     assert hedged == pytest.approx(0.3 * gpt.false_positive[f], abs=0.03)
-    assert np.mean([claims["sim-sonnet-4"][i][0][f] in POS for i in clean]) < 0.02
+    sonnet = np.mean([claims["sim-sonnet-4"][i][0][f] in POS for i in clean])
+    assert sonnet == pytest.approx(SIM_TEACHERS["sim-sonnet-4"].false_positive[f], abs=0.02)
+    assert sonnet < stated / 5
 
 
 def test_misreads_are_teacher_specific(truths, claims):
