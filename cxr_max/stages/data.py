@@ -45,7 +45,6 @@ class DatasetArguments:
                                  "embedded synthetic world)."})
 
 
-
 @dataclass
 class TrainingStageArguments(DatasetArguments):
     """The options every training stage (learn, critique, dpo) shares beside its data: the embedded world's size,
@@ -70,6 +69,7 @@ class TrainingStageArguments(DatasetArguments):
                                     "--learning_rate for everything; 0 freezes it)."})
     projector_lr: float | None = field(default=None, metadata={"help": "Learning rate of the projector (None: "
                                        "--vision_lr)."})
+
 
 def uses_builder(dataset_name: str | None) -> bool:
     """Whether ``dataset_name`` names the cxr_max builder (rather than ready rows on disk or on the Hub)."""
