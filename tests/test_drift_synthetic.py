@@ -137,8 +137,8 @@ def test_report_files_and_preferences(result):
         def w(after: bool):
             return np.mean([r["rejected_weights"][r["rejected_teachers"].index(teacher)] for r in rows
                             if teacher in r["rejected_teachers"] and (r["stream_pos"] >= p["start"]) == after])
-        # one finding of fourteen drifts, on top of every teacher's own misreads: measured 1.08x
-        assert w(True) > 1.04 * w(False)
+        # measured 1.20x (world v5, 6,000 images)
+        assert w(True) > 1.15 * w(False)
 
 
 def test_text_extraction_agrees_with_the_teachers_claims(root):

@@ -25,7 +25,7 @@ from cxr_max.drift.consensus import Consensus, Method, dawid_skene_consensus, us
 from cxr_max.drift.findings import Extractor, Panel, Source, build_panel
 from cxr_max.drift.preferences import PositiveText, Weighting, build_preferences, write_preferences
 from cxr_max.drift.reliability import (
-    Detector, DriftPoint, detect_drift, pairwise_agreement, refusal_signals, segment_agreement, teacher_reliability,
+    Detector, DriftPoint, detect_drift, drift_agreement, pairwise_agreement, refusal_signals, teacher_reliability,
     teacher_signals,
 )
 from cxr_max.drift.report import write_report
@@ -93,7 +93,7 @@ def compare(
     reliability = teacher_reliability(sub, cons, n_windows=n_windows)
     _full_panel_rates(panel, reliability)
     pairwise = pairwise_agreement(sub)
-    seg = segment_agreement(sub, cons, points) if negative_weighting == "drift" else None
+    seg = drift_agreement(sub, cons, points) if negative_weighting == "drift" else None
     rows = build_preferences(sub, cons, negative_weighting=negative_weighting, segment_agreement=seg,
                              positive_text=positive_text, drop_refusals=drop_refusals, drop_agreeing=drop_agreeing,
                              skips=skips)

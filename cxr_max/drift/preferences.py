@@ -21,9 +21,13 @@ same total force as the paper's uniform weighting:
 - ``uniform``: 1 for every negative (the paper's choice);
 - ``reliability``: proportional to ``1 - a_t + floor``, a_t the teacher's mean informative agreement
   with the consensus (findings either side holds present/uncertain) over the whole stream;
-- ``drift``: proportional to ``1 - a_t(segment) + floor``, a_t(segment) the teacher's mean informative agreement
-  over the stretch of the stream between its own detected change points that holds the image, so
-  negatives push harder against a teacher in the windows where it drifts away from the consensus.
+- ``drift``: proportional to ``1 - a_t(i) + floor``, a_t(i) from
+  :func:`cxr_max.drift.reliability.drift_agreement`: the teacher's mean informative agreement over the
+  stretch of the stream between its own detected change points that holds the image, scaled down, on
+  the findings it gets wrong on this image, by how far its agreement on them in this stretch (between
+  its change points on that finding's signal) has fallen below its best stretch on them. So negatives
+  push harder against a teacher where it drifts away from the consensus, and on the images where it
+  makes the error it drifted into (one finding of fourteen drifting still moves those images' weights).
 """
 
 from __future__ import annotations
@@ -152,8 +156,9 @@ def build_preferences(
 ) -> list[dict[str, Any]]:
     """One preference row per image of ``panel`` (which must hold only the images ``cons`` covers).
 
-    ``segment_agreement`` ([I, T], from :func:`cxr_max.drift.reliability.segment_agreement`) is
-    required for ``negative_weighting="drift"``. Images left without negatives are counted in ``skips``.
+    ``segment_agreement`` ([I, T], from :func:`cxr_max.drift.reliability.drift_agreement`; any [I, T]
+    agreement in [0, 1] works, e.g. :func:`cxr_max.drift.reliability.segment_agreement`) is required for
+    ``negative_weighting="drift"``. Images left without negatives are counted in ``skips``.
     """
     if negative_weighting not in ("uniform", "reliability", "drift"):
         raise ValueError(f"negative_weighting must be uniform, reliability or drift, not {negative_weighting!r}")

@@ -153,21 +153,65 @@ def windowed_mean(pos: np.ndarray, values: np.ndarray, edges: np.ndarray) -> tup
         return np.where(n > 0, s / np.maximum(n, 1), np.nan), n
 
 
+def _segment_means(pos: np.ndarray, values: np.ndarray, ok: np.ndarray, cuts: list[float]) -> np.ndarray:
+    """[I]: the mean of ``values[ok]`` over the segment (between sorted ``cuts``) holding each position;
+    the mean over every ``ok`` position for a segment without one (NaN when nothing is ``ok``)."""
+    seg = np.searchsorted(np.asarray(cuts, dtype=float), pos, side="right")
+    overall = float(values[ok].mean()) if ok.any() else np.nan
+    n = np.bincount(seg[ok], minlength=len(cuts) + 1)
+    s = np.bincount(seg[ok], weights=values[ok], minlength=len(cuts) + 1)
+    return np.where(n > 0, s / np.maximum(n, 1), overall)[seg]
+
+
 def segment_agreement(panel: Panel, cons: Consensus, points: list[DriftPoint]) -> np.ndarray:
     """[I, T]: each teacher's mean informative agreement over the stretch of its stream (between its own
     detected change points on agreement signals) that holds the image; its overall mean when it has none."""
     out = np.full(cons.agreement.shape, np.nan)
     for t, name in enumerate(panel.teachers):
         cuts = sorted({p.change_at for p in points if p.teacher == name and p.signal in AGREEMENT_SIGNALS})
-        seg = np.searchsorted(np.asarray(cuts), panel.stream_pos, side="right")
         a = cons.informative_agreement[:, t]
-        ok = ~np.isnan(a)
-        overall = float(a[ok].mean()) if ok.any() else np.nan
-        n = np.bincount(seg[ok], minlength=len(cuts) + 1)
-        s = np.bincount(seg[ok], weights=a[ok], minlength=len(cuts) + 1)
-        seg_mean = np.where(n > 0, s / np.maximum(n, 1), overall)
-        out[:, t] = seg_mean[seg]
+        out[:, t] = _segment_means(panel.stream_pos, np.nan_to_num(a), ~np.isnan(a), cuts)
     return out
+
+
+def finding_segment_agreement(panel: Panel, cons: Consensus, points: list[DriftPoint]) -> np.ndarray:
+    """[I, T, 14]: per finding, each teacher's mean agreement on that finding's signal (1/0 on the images
+    where it or the consensus holds the finding present or uncertain, as in :func:`teacher_signals`) over
+    the stretch of its stream, between its own detected change points on *that* signal, that holds the
+    image; its mean over the whole stream when the signal has no change point (NaN with no informative image)."""
+    votes = panel.state
+    n_k = len(CHEXPERT_LABELS)
+    out = np.full(votes.shape[:2] + (n_k,), np.nan)
+    informative = panel.usable[:, :, None] & ((votes != ABSENT) | (cons.state[:, None, :] != ABSENT))
+    same = (votes == cons.state[:, None, :]).astype(float)
+    for t, name in enumerate(panel.teachers):
+        for k, finding in enumerate(CHEXPERT_LABELS):
+            cuts = sorted({p.change_at for p in points if p.teacher == name and p.signal == finding})
+            out[:, t, k] = _segment_means(panel.stream_pos, same[:, t, k], informative[:, t, k], cuts)
+    return out
+
+
+def drift_agreement(panel: Panel, cons: Consensus, points: list[DriftPoint]) -> np.ndarray:
+    """[I, T]: the agreement behind the ``drift`` negative weights (:mod:`cxr_max.drift.preferences`).
+
+    ``a[i, t] = segment_agreement[i, t] * min_k (f[i, t, k] / max_i' f[i', t, k])`` over the findings k
+    on which teacher t disagrees with the consensus on image i, ``f`` being
+    :func:`finding_segment_agreement`: the teacher's usual agreement in this stretch of its stream,
+    scaled down by how far it has fallen, on the findings it gets wrong here, below its own best stretch
+    on them. A drift on one finding (a change point on that finding's signal) so lowers the agreement,
+    and raises the weight, on exactly the images where the teacher makes that error after the change;
+    a finding without a change point has factor 1. A teacher that agrees on every finding, or does not
+    vote (a refusal, nothing extractable), keeps :func:`segment_agreement`.
+    """
+    base = segment_agreement(panel, cons, points)
+    per_finding = finding_segment_agreement(panel, cons, points)
+    with np.errstate(invalid="ignore"):
+        best = np.nanmax(np.where(np.isnan(per_finding), -np.inf, per_finding), axis=0)  # [T, 14], -inf: no data
+    with np.errstate(invalid="ignore", divide="ignore"):
+        drop = np.where(best > 0, per_finding / best, 1.0)
+    wrong = panel.usable[:, :, None] & (panel.state != cons.state[:, None, :]) & ~np.isnan(per_finding)
+    factor = np.where(wrong, drop, np.inf).min(axis=2)
+    return np.where(np.isfinite(factor), base * factor, base)
 
 
 def safe_rate(num: np.ndarray, den: np.ndarray) -> np.ndarray:
