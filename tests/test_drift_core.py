@@ -282,3 +282,32 @@ def test_run_compare_writes_report_and_preferences(world, tmp_path):
     for f in ("agreement_matrix.png", "agreement_over_stream.png", "refusal_verbosity.png", "summary.md"):
         assert (tmp_path / "rep" / f).stat().st_size > 0
     assert "Drift report" in (tmp_path / "rep" / "summary.md").read_text()
+
+
+
+def test_positive_ties_are_drawn_per_image_not_by_teacher_order(panel):
+    """Several teachers agree exactly with the consensus on most images; the positive is one of the closest,
+    drawn at random per image (seeded), so no single teacher's phrasing becomes most of the positives."""
+    from collections import Counter
+
+    from cxr_max.drift.preferences import build_preferences
+
+    result = compare(panel, consensus="vote", positive_text="closest")
+    sub, cons = panel.subset(result.kept), result.consensus
+    index = {d: i for i, d in enumerate(sub.dicom_id)}
+    teachers = list(sub.teachers)
+    tied = 0
+    for r in result.rows:
+        i = index[r["dicom_id"]]
+        agree = np.where(sub.usable[i], cons.agreement[i], np.nan)
+        assert agree[teachers.index(r["consensus_source"])] == np.nanmax(agree)  # one of the closest
+        tied += int(np.sum(agree == np.nanmax(agree)) > 1)
+    assert tied > 0.5 * len(result.rows)
+    sources = Counter(r["consensus_source"] for r in result.rows)
+    assert max(sources.values()) < 0.4 * len(result.rows)
+    assert all(sources[t] > 0.1 * len(result.rows) for t in ("honest-a", "honest-b", "honest-c"))
+    # deterministic for a seed; another seed draws other ties
+    same = build_preferences(sub, cons, positive_text="closest")
+    other = build_preferences(sub, cons, positive_text="closest", seed=1)
+    assert [r["chosen"] for r in same] == [r["chosen"] for r in result.rows]
+    assert sum(a["consensus_source"] != b["consensus_source"] for a, b in zip(same, other)) > 0.2 * len(same)

@@ -3,9 +3,15 @@
 Chosen text (``positive_text``):
 
 - ``"closest-or-rendered"`` (default): the usable teacher trajectory that agrees with the consensus on
-  every finding (and side), the most reliable such teacher first; when none does, a *rendered*
-  trajectory that states exactly the consensus findings (:func:`render_trajectory`).
+  every finding (and side); when none does, a *rendered* trajectory that states exactly the consensus
+  findings (:func:`render_trajectory`).
 - ``"closest"``: the usable trajectory with the highest agreement, even when not exact.
+
+When several teachers are equally close (most images: several agree exactly), one of them is drawn at random,
+seeded per image (``seed`` and the dicom_id), never by a fixed teacher order: a fixed order hands most
+positives, and with them one teacher's phrasing and blind spots, to a single teacher (measured for the
+benchmark's positive control: one teacher was the positive of 40 % of the rows; see
+:func:`cxr_max.drift.controls.closest_to_truth`, which draws its ties the same way).
 - ``"rendered"``: always render.
 - ``model`` consensus: the student's generated text (``Consensus.texts``).
 
@@ -33,6 +39,7 @@ same total force as the paper's uniform weighting:
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,6 +160,7 @@ def build_preferences(
     drop_refusals: bool = False,
     drop_agreeing: bool = False,
     skips: SkipLog | None = None,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """One preference row per image of ``panel`` (which must hold only the images ``cons`` covers).
 
@@ -168,7 +176,6 @@ def build_preferences(
     teachers = panel.teachers
     overall = np.array([np.nanmean(cons.informative_agreement[:, t]) if panel.usable[:, t].any() else np.nan
                         for t in range(len(teachers))])
-    by_reliability = np.argsort(-np.nan_to_num(overall, nan=-1.0), kind="stable")
     default_prompt = render_prompt("diagnose")
     rows: list[dict[str, Any]] = []
     for i in range(panel.n_images):
@@ -182,11 +189,14 @@ def build_preferences(
                 continue
             chosen, source = str(cons.texts[i]), "model"
         else:
-            exact = [t for t in by_reliability if usable[t] and agree[t] == 1.0]
+            tie = random.Random(f"{seed}:positive:{panel.dicom_id[i]}")
+            exact = [t for t in range(len(teachers)) if usable[t] and agree[t] == 1.0]
             if positive_text != "rendered" and exact:
-                chosen, source = panel.raw[i, exact[0]], teachers[exact[0]]
+                pick = tie.choice(exact)
+                chosen, source = panel.raw[i, pick], teachers[pick]
             elif positive_text == "closest" and usable.any():
-                best = max((t for t in by_reliability if usable[t]), key=lambda t: agree[t])
+                score = np.where(usable & ~np.isnan(agree), agree, -1.0)
+                best = tie.choice([t for t in range(len(teachers)) if usable[t] and score[t] == score[usable].max()])
                 chosen, source = panel.raw[i, best], teachers[best]
             else:
                 chosen = render_trajectory(cons.state[i], cons.labels[i], cons.side[i])
