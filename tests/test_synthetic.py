@@ -66,6 +66,20 @@ def test_patients_do_not_depend_on_world_size():
         assert [s.report for s in p.studies] == [s.report for s in q.studies]
 
 
+def test_test_patients_extend_the_test_split_only():
+    base = generate_world(seed=1, n_patients=40)
+    more = generate_world(seed=1, n_patients=40, test_patients=15)
+    assert len(more) == 55
+    for p, q in zip(base, more):  # the first patients are those of the world without them, splits included
+        assert (p.subject_id, p.split) == (q.subject_id, q.split)
+        assert [s.dicom_ids for s in p.studies] == [s.dicom_ids for s in q.studies]
+    assert {p.split for p in more[40:]} == {"test"}
+    assert len({p.subject_id for p in more}) == 55
+    assert synthetic_name(0, 400, "full", test_patients=100) == "synthetic-v5-seed0-n400+t100-full"
+    with pytest.raises(ValueError, match="test_patients"):
+        generate_world(seed=1, n_patients=4, test_patients=-1)
+
+
 def test_exact_image_count_and_name():
     patients = generate_world(seed=0, n_images=101)
     assert sum(len(s.dicom_ids) for p in patients for s in p.studies) == 101

@@ -27,6 +27,7 @@ class SynthArguments:
     teachers: bool = opt(True, "Also write the simulated teachers' trajectories (--no_teachers: do not).")
     samples: int = opt(1, "Trajectories per image and teacher (sampling variability).")
     shifted_test: bool = opt(False, "Render the whole test split in the shifted domain.")
+    test_patients: int = opt(0, "That many more patients, all in the test split (a larger test set).")
     image_shape: str | None = opt(None, "ROWSxCOLUMNS of every image, e.g. 320x256.")
     jpg_style: Literal["plain", "physionet"] = opt(
         "plain", "plain, or physionet (min-max, MONOCHROME1 inverted, histogram equalisation, quality 95).")
@@ -65,7 +66,7 @@ def synth(args: SynthArguments) -> int:
     root = ensure_synthetic(args.out, seed=args.seed, n_patients=args.n_patients, n_images=args.n_images,
                             pixels=args.pixels, teachers=args.teachers, samples=args.samples,
                             shifted_test=args.shifted_test, image_shape=args.shape(), jpg_style=args.jpg_style,
-                            broken=args.damage())
+                            broken=args.damage(), test_patients=args.test_patients)
     print(f"synthetic MIMIC-CXR ready at {root} ({time.perf_counter() - t0:.1f} s)")
     return 0
 

@@ -81,9 +81,11 @@ def cache_dir() -> Path:
 def synthetic_name(seed: int = 0, n_patients: int = DEFAULT_N_PATIENTS, pixels: str = "full", *,
                    n_images: int | None = None, image_size: int | None = None, shifted_test: bool = False,
                    shift_rate: float = 0.15, image_shape: tuple[int, int] | None = None, jpg_style: str = "plain",
-                   broken: dict[str, int] | None = None) -> str:
+                   broken: dict[str, int] | None = None, test_patients: int = 0) -> str:
     """The cache folder name, e.g. ``synthetic-v3-seed0-n160-full`` (extra options add suffixes)."""
     size = f"i{n_images}" if n_images is not None else f"n{n_patients}"
+    if test_patients:
+        size += f"+t{test_patients}"
     name = f"synthetic-{FORMAT_VERSION}-seed{seed}-{size}-{pixels}"
     if image_size is not None and pixels != "none" and image_size != _default_size(pixels):
         name += f"-px{image_size}"
@@ -107,14 +109,17 @@ def _default_size(pixels: str) -> int:
 # -- world ------------------------------------------------------------------------------------------------
 
 def generate_world(*, seed: int = 0, n_patients: int = DEFAULT_N_PATIENTS, n_images: int | None = None,
-                   shifted_test: bool = False, shift_rate: float = 0.15) -> list[Patient]:
+                   shifted_test: bool = False, shift_rate: float = 0.15, test_patients: int = 0) -> list[Patient]:
     """Generate the patients (with studies, severities, labels and reports). Pure; writes nothing.
 
     With ``n_images`` patients are generated until exactly that many images exist (the last patient's
-    last images are trimmed); ``n_patients`` is then ignored.
+    last images are trimmed); ``n_patients`` is then ignored. ``test_patients`` more patients follow, all in
+    the test split (a larger test set for a benchmark; the first ``n_patients`` keep their own splits).
     """
     if n_images is None and n_patients < 1:
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")
+    if test_patients < 0:
+        raise ValueError(f"test_patients must be >= 0, got {test_patients}")
     if n_images is not None and n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")
     patients: list[Patient] = []
@@ -136,6 +141,9 @@ def generate_world(*, seed: int = 0, n_patients: int = DEFAULT_N_PATIENTS, n_ima
             else:
                 last.studies.pop()
             count -= 1
+    first = len(patients)
+    patients += [make_patient(first + j, seed, shift_rate=shift_rate, shifted_test=shifted_test, split="test")
+                 for j in range(test_patients)]
     assign_stream_positions(patients)
     for p in patients:
         prior = None
@@ -378,7 +386,7 @@ def ensure_synthetic(root: str | Path | None = None, *, seed: int = 0, n_patient
                      image_size: int | None = None, shifted_test: bool = False, shift_rate: float = 0.15,
                      tasks: Sequence[str] = ("diagnose",), samples: int = 1,
                      image_shape: tuple[int, int] | None = None, jpg_style: str = "plain",
-                     broken: dict[str, int] | None = None) -> Path:
+                     broken: dict[str, int] | None = None, test_patients: int = 0) -> Path:
     """Build the synthetic MIMIC-CXR once and return its root (see the module docstring for the layout).
 
     root: folder to build in; default ``$CXR_MAX_CACHE/synthetic-v3-seed{seed}-n{n_patients}-{pixels}``.
@@ -394,6 +402,8 @@ def ensure_synthetic(root: str | Path | None = None, *, seed: int = 0, n_patient
         MONOCHROME1 inverted, histogram equalisation, quality 95, as PhysioNet made MIMIC-CXR-JPG).
     broken: damage files on purpose, as real downloads are: ``{"missing": n, "truncated": n, "empty": n}``
         JPGs (chosen deterministically); what was damaged is listed in ``broken_files.json``.
+    test_patients: that many more patients, all in the test split (the first ``n_patients`` are the world
+        they would be without them, splits included): a larger test set at the same training size.
 
     The default world carries the quirks of real copies that do not touch its frontal images (see
     :mod:`cxr_max.synthetic.world` and :func:`cxr_max.synthetic.reports.apply_record_quirks`).
@@ -415,10 +425,12 @@ def ensure_synthetic(root: str | Path | None = None, *, seed: int = 0, n_patient
               "n_images": n_images, "pixels": pixels, "image_size": size, "shifted_test": shifted_test,
               "shift_rate": shift_rate, "image_shape": list(shape), "jpg_style": jpg_style,
               "broken": dict(sorted((broken or {}).items()))}
+    if test_patients:
+        params["test_patients"] = test_patients
     if root is None:
         root = cache_dir() / synthetic_name(seed, n_patients, pixels, n_images=n_images, image_size=image_size,
                                             shifted_test=shifted_test, shift_rate=shift_rate, image_shape=image_shape,
-                                            jpg_style=jpg_style, broken=broken)
+                                            jpg_style=jpg_style, broken=broken, test_patients=test_patients)
     root = Path(root)
     traj_params = {"seed": seed, "tasks": list(tasks), "samples": samples}
     with _lock(root.parent / f".{root.name}.lock"):
@@ -438,7 +450,7 @@ def ensure_synthetic(root: str | Path | None = None, *, seed: int = 0, n_patient
                 root.mkdir(parents=True)
             building.write_text(json.dumps(params))
             patients = generate_world(seed=seed, n_patients=n_patients, n_images=n_images,
-                                      shifted_test=shifted_test, shift_rate=shift_rate)
+                                      shifted_test=shifted_test, shift_rate=shift_rate, test_patients=test_patients)
             truths = image_truths(patients)
             _write_tables(root, patients, shape)
             _write_reports(root, patients)

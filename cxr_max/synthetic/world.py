@@ -174,8 +174,11 @@ def _study_id(index: int, k: int, r: int) -> str:
 
 
 def make_patient(index: int, seed: int, *, shift_rate: float = 0.15, shifted_test: bool = False,
-                 quirks: bool = True) -> Patient:
+                 quirks: bool = True, split: str | None = None) -> Patient:
     """Generate patient ``index`` of world ``seed`` (independent of every other patient).
+
+    ``split`` puts the patient in that split instead of the one drawn for it (the draw is still made, so
+    nothing else about the patient changes); the benchmark's extra test-only patients use it.
 
     ``quirks`` adds the real copies' image-level quirks (extra view positions, two frontals, a study with a
     lateral only) from a generator of their own, so the rest of the patient is the same with or without.
@@ -185,7 +188,10 @@ def make_patient(index: int, seed: int, *, shift_rate: float = 0.15, shifted_tes
     rng = np.random.default_rng([seed, 7919, index])
     subject_id = _subject_id(index, int(rng.integers(997)))
     u = rng.random()
-    split = next(name for name, edge in _SPLITS if u < edge)
+    drawn = next(name for name, edge in _SPLITS if u < edge)
+    if split is not None and split not in {name for name, _ in _SPLITS}:
+        raise ValueError(f"split must be one of {[name for name, _ in _SPLITS]}, got {split!r}")
+    split = split or drawn
     anatomy = {
         "body_w": float(rng.uniform(0.78, 0.95)),
         "lung_w": float(rng.uniform(0.9, 1.08)),
