@@ -93,8 +93,10 @@ def test_shared_wrong_majority_windows_are_found_on_the_minority(result):
             mids = (edges[:-1] + edges[1:]) / 2
             inside = (mids > lo) & (mids < hi)
             vals = np.array([np.nan if x is None else x for x in w], dtype=float)
-            # (teachers at MLLM level disagree with the consensus off the window too: measured .20 inside,
-            # .34 outside for the weakest pair; without the shared error both sides are alike)
+            # (teachers at MLLM level disagree with the consensus off the window too, so the drop is relative:
+            # measured inside/outside .66 at the weakest pair, C atelectasis on sim-gpt-5-nano, .22 vs .33;
+            # why an absolute .2 gap cannot be had in world v5 without losing the vote's lead: README, simulated
+            # teachers; without the shared error both sides are alike)
             assert np.nanmean(vals[inside]) < 0.75 * np.nanmean(vals[~inside])
 
 
