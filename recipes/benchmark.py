@@ -1,7 +1,7 @@
 """The drift benchmark: seven simulated drifting teachers, students trained several ways, and controls.
 
     python recipes/benchmark.py                                    # default CPU run (3 seeds; see the README)
-    python recipes/benchmark.py --seeds 0 1 2 3 4 --learn_epochs 3 # scale up (GPU)
+    python recipes/benchmark.py --seeds 0 1 2 3 4 --synthetic_patients 1200  # scale up
     python recipes/benchmark.py --config my_bench.yaml             # every flag also works from YAML
 
 For every training seed one learn stage (SFT on the union of all teachers, train split) is shared by the
@@ -59,12 +59,16 @@ class BenchArguments:
     work_dir: str = field(default="outputs/bench-science", metadata={"help": "Checkpoints, preferences, predictions."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Training seeds (one learn stage each)."})
     world_seed: int = field(default=0, metadata={"help": "Seed of the synthetic world (fixed across training seeds)."})
-    synthetic_patients: int = field(default=400, metadata={"help": "Size of the synthetic world (400: 989 train images)."})
+    synthetic_patients: int = field(default=600, metadata={"help": "Size of the synthetic world (600: 1,448 train "
+                                    "images; see the README for why 600 and two learn epochs)."})
+    test_patients: int = field(default=0, metadata={"help": "More patients, all in the test split (a larger test "
+                               "set at the same training size; the first --synthetic_patients keep their splits)."})
     variants: list[str] = field(default_factory=lambda: list(VARIANTS), metadata={"help": f"Students: {VARIANTS}."})
     learn_config: str = field(default=str(HERE / "configs/learn_tiny.yaml"))
     critique_config: str = field(default=str(HERE / "configs/critique_tiny.yaml"))
     dpo_config: str = field(default=str(HERE / "configs/dpo_baseline_tiny.yaml"))
-    learn_epochs: float | None = field(default=None, metadata={"help": "Learn-stage epochs (None: the learn config's)."})
+    learn_epochs: float | None = field(default=2.0, metadata={"help": "Learn-stage epochs (None: the learn config's, "
+                                       "3); 2 on the 600-patient world keeps the steps of 3 epochs on 400 patients."})
     critique_epochs: float = field(default=1.0, metadata={"help": "APO epochs over the preference rows."})
     preference_rows: int | None = field(default=None, metadata={"help": "Preference rows per run (None: all)."})
     matched_steps: bool = field(default=True, metadata={"help": "DPO runs as many optimizer steps as APO (its pairs "
@@ -137,7 +141,8 @@ class Bench:
         self.a = a
         self.work, self.res = Path(a.work_dir), Path(a.results_dir)
         self.res.mkdir(parents=True, exist_ok=True)
-        self.root = Path(ensure_synthetic(seed=a.world_seed, n_patients=a.synthetic_patients))
+        self.root = Path(ensure_synthetic(seed=a.world_seed, n_patients=a.synthetic_patients,
+                                                  test_patients=a.test_patients))
         self.jpg, self.traj = str(self.root / "mimic-cxr-jpg"), str(self.root / "trajectories")
         self.truth = load_truth(self.root)
         self.results_path = self.res / "results.json"
@@ -315,9 +320,9 @@ class Bench:
 
     # -- evaluation -----------------------------------------------------------------------------------
     def eval_model(self, folder: Path, out: Path, data: runner.EvalData, *, shifted: runner.EvalData | None,
-                   consistency: bool, seed: int) -> dict:
-        """Generated answers scored per finding (in-domain, optionally shifted), the likelihood probe and the
-        consistency runs of one student."""
+                   consistency: bool, seed: int, probe: bool = True) -> dict:
+        """Generated answers scored per finding (in-domain, optionally shifted), the likelihood probe (when
+        ``probe`` and ``--probe``) and the consistency runs of one student."""
         from cxr_max.evaluation.probe import finding_metrics, likelihood_scores, probe_metrics
 
         a = self.a
@@ -330,7 +335,7 @@ class Bench:
         rec = {"metrics": finding_metrics(labels, data.truths, n_boot=a.n_boot, seed=seed),
                "refusals_or_empty": sum(not t.strip() for t in texts),
                "distinct_label_sets": len({json.dumps(lab, sort_keys=True) for lab in labels})}
-        if a.probe:
+        if a.probe and probe:
             scores = likelihood_scores(str(folder), data.images)
             rec["probe"] = probe_metrics(scores, data.truths, n_boot=a.n_boot, seed=seed)
         if shifted is not None:
@@ -449,25 +454,22 @@ class Bench:
                            shifted=shifted, consistency=True, seed=seed)
             else:
                 self.score(R.setdefault("sweep", {}), f"{mix}|{v}/seed{seed}", folder, base / "eval" / v, data,
-                           shifted=None, consistency=False, seed=seed)
+                           shifted=None, consistency=False, seed=seed, probe=False)
 
     # -- training side by side --------------------------------------------------------------------------
     def training_jobs(self, prefs: dict[str, Path], mixes: dict) -> list[tuple]:
         """Every student chain: ``(base, seed, trajectories, variants, prefs, mix)``; a chain is one learn stage
         and the preference students trained from it (the oracle is a chain of its own); ``mix`` names a sweep
-        mix (None: the main table)."""
-        a, jobs = self.a, []
+        mix (None: the main table). Longest first (the seeds' main chains, the sweep's, then the oracles), so
+        the processes finish together instead of one waiting on a long chain started last."""
+        a = self.a
         chain = [v for v in a.variants if v != "oracle"]
-        for seed in a.seeds:
-            base = self.work / f"seed{seed}"
-            if "oracle" in a.variants:
-                jobs.append((base, seed, self.traj, ["oracle"], prefs, None))
-            if chain:
-                jobs.append((base, seed, self.traj, chain, prefs, None))
-        for mix, (mdir, tdir, mprefs) in zip(MIXES, mixes.values()):
-            for seed in a.sweep_seeds:
-                jobs.append((mdir / f"seed{seed}", seed, tdir, list(a.sweep_variants), mprefs, mix))
-        return jobs
+        main = [(self.work / f"seed{seed}", seed, self.traj, chain, prefs, None) for seed in a.seeds if chain]
+        sweep = [(mdir / f"seed{seed}", seed, tdir, list(a.sweep_variants), mprefs, mix)
+                 for mix, (mdir, tdir, mprefs) in zip(MIXES, mixes.values()) for seed in a.sweep_seeds]
+        oracles = [(self.work / f"seed{seed}", seed, self.traj, ["oracle"], prefs, None)
+                   for seed in a.seeds if "oracle" in a.variants]
+        return main + sweep + oracles
 
     def train_in_parallel(self, prefs: dict[str, Path], mixes: dict) -> None:
         """Train and score every chain in ``a.jobs`` processes (spawned, ``cores // jobs`` torch threads each);
@@ -507,6 +509,7 @@ class Bench:
         shifted = None
         if a.shifted:
             sroot = Path(ensure_synthetic(seed=a.world_seed, n_patients=a.synthetic_patients, shifted_test=True,
+                                          test_patients=a.test_patients,
                                           teachers=False))
             shifted = runner.load_eval_data("mimic", "test", data_dir=str(sroot / "mimic-cxr-jpg"), limit=a.eval_limit,
                                             seed=a.world_seed)

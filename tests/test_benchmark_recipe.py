@@ -50,6 +50,7 @@ def test_benchmark_pipeline_tiny_world(tmp_path, monkeypatch):
     rec = res["students"]["apo-drift/seed0"]
     assert {"metrics", "probe", "shifted", "consistency_prompts", "consistency_samples"} <= set(rec)
     assert set(rec["metrics"]["Edema"]) >= {"balanced_accuracy", "accuracy", "macro_f1"}
+    assert all("metrics" in r and "probe" not in r for r in res["sweep"].values())  # robustness reads the answers
     b = res["budget"]["seed0"]
     assert b["apo_steps"] == b["dpo_steps"] == 1 and b["pairs"] >= b["rows"]
     assert b["apo_policy_tokens"] > 0 and b["dpo_policy_tokens"] > 0
