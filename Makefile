@@ -36,8 +36,8 @@ demo: $(STAMP)
 	$(BIN)/python recipes/apo.py
 
 test: $(STAMP) $(QSTAMP)
-	$(BIN)/python -m pytest -n 2 -q tests
-	$(QBIN)/python -m pytest -n 2 -q -m qwen tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q tests
+	$(QBIN)/python -m pytest -n 2 --dist loadgroup -q -m qwen tests
 
 # Speed and memory benchmarks (ratios measured side by side; results in benchmarks/results/*.json).
 bench: $(STAMP)

@@ -58,48 +58,62 @@ def generate_answers(
     return out
 
 
+def answer_losses(model_dir: str, rows: Sequence[Mapping], images: Sequence | None = None, *,
+                  batch_size: int = 16, model=None, processor=None) -> list[tuple[float, int]]:
+    """Per row of SFT-style ``rows`` (``messages`` with an assistant turn, ``images``): the summed negative
+    log-likelihood of the assistant answer's tokens given the image and the prompt, and the number of those
+    tokens. ``images`` replaces the rows' own images (same count and sizes); ``model``/``processor`` reuse
+    what is already loaded from ``model_dir``."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = processor or AutoProcessor.from_pretrained(model_dir)
+    model = model or AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    tok = getattr(processor, "tokenizer", processor)
+    tok.padding_side = "right"
+    rows = list(rows)
+    imgs = [im.convert("RGB") for im in (images if images is not None else [r["images"][0] for r in rows])]
+    texts = [processor.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+    prompts = [processor.apply_chat_template([m for m in r["messages"] if m["role"] != "assistant"], tokenize=False,
+                                             add_generation_prompt=True) for r in rows]
+    # prompt lengths in tokens, image included
+    prompt_len = [len(processor(text=[p], images=[im])["input_ids"][0]) for p, im in zip(prompts, imgs)]
+    out: list[tuple[float, int]] = []
+    with torch.no_grad():
+        for s in range(0, len(rows), batch_size):
+            batch = processor(text=texts[s:s + batch_size], images=imgs[s:s + batch_size], return_tensors="pt",
+                              padding=True)
+            labels = batch["input_ids"].clone()
+            labels[batch["attention_mask"] == 0] = -100
+            for i, n in enumerate(prompt_len[s:s + batch_size]):
+                labels[i, :n] = -100  # score the answer only
+            logits = model(**batch).logits[:, :-1].float()
+            target = labels[:, 1:]
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100,
+                                                    reduction="none").sum(1)
+            out.extend(zip(nll.tolist(), (target != -100).sum(1).tolist()))
+    return out
+
+
 def image_dependence(model_dir: str, rows: Sequence[Mapping], *, shift: int = 1, batch_size: int = 16) -> dict[str, float]:
     """Does the student read the image? Mean assistant-token loss on SFT ``rows`` (``images`` + ``messages``)
     with each row's own image, with another row's image (``shift`` rows on: pass the number of rows per image
     so the image really differs) and with a black image. A student that ignores the pixels scores the same
     three times; ``"gap"`` is shuffled minus true (nats per token, > 0 when the true image helps).
     """
-    import torch
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
-    tok = getattr(processor, "tokenizer", processor)
-    tok.padding_side = "right"
     rows = list(rows)
     if len(rows) <= shift:
         raise ValueError(f"image_dependence needs more than shift={shift} rows, got {len(rows)}")
     images = [(r["images"][0]).convert("RGB") for r in rows]
-    texts = [processor.apply_chat_template(r["messages"], tokenize=False) for r in rows]
-    prompts = [processor.apply_chat_template([m for m in r["messages"] if m["role"] != "assistant"], tokenize=False,
-                                             add_generation_prompt=True) for r in rows]
-
-    # prompt lengths in tokens, image included: the same for every variant (each keeps the row's image size)
-    prompt_len = [len(processor(text=[p], images=[im])["input_ids"][0]) for p, im in zip(prompts, images)]
 
     def mean_loss(imgs) -> float:
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for s in range(0, len(rows), batch_size):
-                batch = processor(text=texts[s:s + batch_size], images=imgs[s:s + batch_size], return_tensors="pt",
-                                  padding=True)
-                labels = batch["input_ids"].clone()
-                labels[batch["attention_mask"] == 0] = -100
-                for i, n in enumerate(prompt_len[s:s + batch_size]):
-                    labels[i, :n] = -100  # score the answer only
-                logits = model(**batch).logits[:, :-1].float()
-                target = labels[:, 1:]
-                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100,
-                                                        reduction="sum")
-                total += nll.item()
-                count += int((target != -100).sum())
-        return total / max(count, 1)
+        got = answer_losses(model_dir, rows, imgs, batch_size=batch_size, model=model, processor=processor)
+        return sum(n for n, _ in got) / max(sum(c for _, c in got), 1)
 
     true = mean_loss(images)
     others = images[shift:] + images[:shift]
