@@ -1,6 +1,6 @@
 """The drift benchmark: seven simulated drifting teachers, students trained several ways, and controls.
 
-    python recipes/benchmark.py                                    # default CPU run (3 seeds; see the README)
+    python recipes/benchmark.py                                    # default CPU run (5 seeds; see the README)
     python recipes/benchmark.py --seeds 0 1 2 3 4 --synthetic_patients 1200  # scale up
     python recipes/benchmark.py --config my_bench.yaml             # every flag also works from YAML
 
@@ -57,7 +57,8 @@ MIXES: dict[str, tuple[str, ...]] = {
 class BenchArguments:
     results_dir: str = field(default="benchmarks/results/science", metadata={"help": "JSON and markdown."})
     work_dir: str = field(default="outputs/bench-science", metadata={"help": "Checkpoints, preferences, predictions."})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Training seeds (one learn stage each)."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4],
+                             metadata={"help": "Training seeds (one learn stage each)."})
     world_seed: int = field(default=0, metadata={"help": "Seed of the synthetic world (fixed across training seeds)."})
     synthetic_patients: int = field(default=600, metadata={"help": "Size of the synthetic world (600: 1,448 train "
                                     "images; see the README for why 600 and two learn epochs)."})
