@@ -50,8 +50,8 @@ bench: $(STAMP)
 bench-builder: $(STAMP)
 	$(BIN)/python builders/bench_builder.py
 
-# The drift benchmark: teachers, consensus, learn-only, pairwise DPO, APO, controls and the oracle over 3 seeds
-# (measured: 21 min wall on the 2-core machine, the student chains in two processes; see the README).
+# The drift benchmark: teachers, consensus, learn-only, pairwise DPO, APO, controls and the oracle over 5 seeds
+# (measured: 54 min wall on the 2-core machine, the student chains in two processes; see the README).
 bench-science: $(STAMP)
 	$(BIN)/python recipes/benchmark.py
 
