@@ -143,7 +143,7 @@ class Bench:
         self.work, self.res = Path(a.work_dir), Path(a.results_dir)
         self.res.mkdir(parents=True, exist_ok=True)
         self.root = Path(ensure_synthetic(seed=a.world_seed, n_patients=a.synthetic_patients,
-                                                  test_patients=a.test_patients))
+                                          test_patients=a.test_patients))
         self.jpg, self.traj = str(self.root / "mimic-cxr-jpg"), str(self.root / "trajectories")
         self.truth = load_truth(self.root)
         self.results_path = self.res / "results.json"
@@ -510,8 +510,7 @@ class Bench:
         shifted = None
         if a.shifted:
             sroot = Path(ensure_synthetic(seed=a.world_seed, n_patients=a.synthetic_patients, shifted_test=True,
-                                          test_patients=a.test_patients,
-                                          teachers=False))
+                                          test_patients=a.test_patients, teachers=False))
             shifted = runner.load_eval_data("mimic", "test", data_dir=str(sroot / "mimic-cxr-jpg"), limit=a.eval_limit,
                                             seed=a.world_seed)
             if shifted.keys != data.keys:

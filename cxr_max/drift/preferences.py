@@ -6,14 +6,14 @@ Chosen text (``positive_text``):
   every finding (and side); when none does, a *rendered* trajectory that states exactly the consensus
   findings (:func:`render_trajectory`).
 - ``"closest"``: the usable trajectory with the highest agreement, even when not exact.
+- ``"rendered"``: always render.
+- ``model`` consensus: the student's generated text (``Consensus.texts``).
 
 When several teachers are equally close (most images: several agree exactly), one of them is drawn at random,
 seeded per image (``seed`` and the dicom_id), never by a fixed teacher order: a fixed order hands most
 positives, and with them one teacher's phrasing and blind spots, to a single teacher (measured for the
 benchmark's positive control: one teacher was the positive of 40 % of the rows; see
 :func:`cxr_max.drift.controls.closest_to_truth`, which draws its ties the same way).
-- ``"rendered"``: always render.
-- ``model`` consensus: the student's generated text (``Consensus.texts``).
 
 Rejected: every teacher trajectory of the image (refusals and trajectories with nothing extractable
 included: they are bad answers), except failed requests and missing teachers; a rejected text
@@ -196,7 +196,8 @@ def build_preferences(
                 chosen, source = panel.raw[i, pick], teachers[pick]
             elif positive_text == "closest" and usable.any():
                 score = np.where(usable & ~np.isnan(agree), agree, -1.0)
-                best = tie.choice([t for t in range(len(teachers)) if usable[t] and score[t] == score[usable].max()])
+                top = score[usable].max()
+                best = tie.choice([t for t in range(len(teachers)) if usable[t] and score[t] == top])
                 chosen, source = panel.raw[i, best], teachers[best]
             else:
                 chosen = render_trajectory(cons.state[i], cons.labels[i], cons.side[i])

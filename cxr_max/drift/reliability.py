@@ -205,8 +205,7 @@ def drift_agreement(panel: Panel, cons: Consensus, points: list[DriftPoint]) -> 
     """
     base = segment_agreement(panel, cons, points)
     per_finding = finding_segment_agreement(panel, cons, points)
-    with np.errstate(invalid="ignore"):
-        best = np.nanmax(np.where(np.isnan(per_finding), -np.inf, per_finding), axis=0)  # [T, 14], -inf: no data
+    best = np.where(np.isnan(per_finding), -np.inf, per_finding).max(axis=0)  # [T, 14], -inf: no data
     with np.errstate(invalid="ignore", divide="ignore"):
         drop = np.where(best > 0, per_finding / best, 1.0)
     wrong = panel.usable[:, :, None] & (panel.state != cons.state[:, None, :]) & ~np.isnan(per_finding)
