@@ -19,7 +19,7 @@ in it) is data the caller chose, and is reported as synthetic (:attr:`DataSource
 
 >>> src = resolve_source()                                   # doctest: +SKIP
 >>> src.data_dir, src.trajectories, src.default_world         # doctest: +SKIP
-(PosixPath('~/.cache/cxr_max/synthetic-v5-seed0-n160-full/mimic-cxr-jpg'), PosixPath('.../trajectories'), True)
+(PosixPath('~/.cache/cxr_max/synthetic-v6-seed0-n160-full/mimic-cxr-jpg'), PosixPath('.../trajectories'), True)
 >>> resolve_source("/data/mimic-cxr-jpg/2.1.0").describe()     # doctest: +SKIP
 {'source': 'mimic-cxr-jpg', 'synthetic': False, 'location': '/data/mimic-cxr-jpg/2.1.0'}
 

@@ -75,7 +75,7 @@ def test_test_patients_extend_the_test_split_only():
         assert [s.dicom_ids for s in p.studies] == [s.dicom_ids for s in q.studies]
     assert {p.split for p in more[40:]} == {"test"}
     assert len({p.subject_id for p in more}) == 55
-    assert synthetic_name(0, 400, "full", test_patients=100) == "synthetic-v5-seed0-n400+t100-full"
+    assert synthetic_name(0, 400, "full", test_patients=100) == "synthetic-v6-seed0-n400+t100-full"
     with pytest.raises(ValueError, match="test_patients"):
         generate_world(seed=1, n_patients=4, test_patients=-1)
 
@@ -83,8 +83,8 @@ def test_test_patients_extend_the_test_split_only():
 def test_exact_image_count_and_name():
     patients = generate_world(seed=0, n_images=101)
     assert sum(len(s.dicom_ids) for p in patients for s in p.studies) == 101
-    assert synthetic_name(0, 160, "full") == "synthetic-v5-seed0-n160-full"
-    assert synthetic_name(0, 160, "none", n_images=24426) == "synthetic-v5-seed0-i24426-none"
+    assert synthetic_name(0, 160, "full") == "synthetic-v6-seed0-n160-full"
+    assert synthetic_name(0, 160, "none", n_images=24426) == "synthetic-v6-seed0-i24426-none"
 
 
 def test_layout_matches_physionet(world, truth):
@@ -331,7 +331,7 @@ def test_domains_and_shifted_test(tmp_path):
 def test_cache_reuse_and_safety(tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_MAX_CACHE", str(tmp_path / "cache"))
     root = ensure_synthetic(seed=1, n_patients=3, pixels="none", teachers=False)
-    assert root == tmp_path / "cache" / "synthetic-v5-seed1-n3-none"
+    assert root == tmp_path / "cache" / "synthetic-v6-seed1-n3-none"
     stamp = (root / "truth.jsonl").stat().st_mtime_ns
     assert ensure_synthetic(seed=1, n_patients=3, pixels="none", teachers=False) == root
     assert (root / "truth.jsonl").stat().st_mtime_ns == stamp
