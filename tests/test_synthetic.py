@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 import json
@@ -18,7 +19,7 @@ from pydicom.pixels import apply_modality_lut
 
 from cxr_max.errors import DataError
 from cxr_max.labels import CHEXPERT_LABELS, MS_CXR_T_FINDINGS, label_key
-from cxr_max.synthetic import ImageTruth, ensure_synthetic, generate_world, load_truth, synthetic_name
+from cxr_max.synthetic import SIM_TEACHERS, ImageTruth, ensure_synthetic, generate_world, load_truth, synthetic_name
 from cxr_max.synthetic.build import study_dir
 from cxr_max.synthetic.render import render
 from cxr_max.synthetic.world import FINDING_KEYS, QUIRK_VIEWS
@@ -337,6 +338,15 @@ def test_cache_reuse_and_safety(tmp_path, monkeypatch):
     assert (root / "truth.jsonl").stat().st_mtime_ns == stamp
     ensure_synthetic(seed=1, n_patients=3, pixels="none", teachers=True)  # adds the trajectories stage
     assert len(list((root / "trajectories").glob("*/part-00000.jsonl"))) == 7
+    # a changed teacher definition writes the cached trajectories again (the world itself stays)
+    part = root / "trajectories" / "sim-grok-4" / "part-00000.jsonl"
+    before = part.read_text()
+    ensure_synthetic(seed=1, n_patients=3, pixels="none", teachers=True)
+    assert part.read_text() == before
+    grok = dataclasses.replace(SIM_TEACHERS["sim-grok-4"], planted=[{"kind": "refusal", "rate": 1.0}])
+    monkeypatch.setitem(SIM_TEACHERS, "sim-grok-4", grok)
+    ensure_synthetic(seed=1, n_patients=3, pixels="none", teachers=True)
+    assert part.read_text() != before and (root / "truth.jsonl").stat().st_mtime_ns == stamp
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")

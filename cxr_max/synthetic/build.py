@@ -37,6 +37,7 @@ from cxr_max.synthetic import reports
 from cxr_max.synthetic.dicom import write_dicom
 from cxr_max.synthetic.render import render
 from cxr_max.synthetic.simulate import progress_bar, simulate_trajectories
+from cxr_max.synthetic.teachers import teachers_fingerprint
 from cxr_max.synthetic.world import (
     ImageTruth,
     Patient,
@@ -49,7 +50,7 @@ DEFAULT_N_PATIENTS = 160  # about 380 frontal / 490 images; builds in ~10-20 s o
 DEFAULT_IMAGE_SIZE = 256
 TINY_IMAGE_SIZE = 32
 PIXELS = ("full", "tiny", "none")
-FORMAT_VERSION = "v6"  # v2: the quirks of real copies (views, reports, label rows, StudyTime, MS-CXR-T ids); v3: renderer (larger findings); v4: teachers recalibrated (fewer misses, more over-calls); v5: teachers at MLLM level per finding (more teacher-specific misses and over-calls); v6: teachers recalibrated so the vote beats the best teacher per finding (misses -.08, consolidation misses -.13 and over-calls +.10, sim-gpt-5-nano over-calls -.05, shared error B rate .9)
+FORMAT_VERSION = "v6"  # v2: the quirks of real copies (views, reports, label rows, StudyTime, MS-CXR-T ids); v3: renderer (larger findings); v4: teachers recalibrated (fewer misses, more over-calls); v5: teachers at MLLM level per finding (more teacher-specific misses and over-calls); v6: teachers recalibrated so the vote beats the best teacher per finding (misses -.08 but cardiomegaly -.02, consolidation misses -.13 and over-calls +.10, edema over-calls +.05 but sim-sonnet-4, sim-gpt-5-nano over-calls -.05, shared error B rate 1.0)
 
 METADATA_COLUMNS = (
     "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns",
@@ -432,7 +433,8 @@ def ensure_synthetic(root: str | Path | None = None, *, seed: int = 0, n_patient
                                             shifted_test=shifted_test, shift_rate=shift_rate, image_shape=image_shape,
                                             jpg_style=jpg_style, broken=broken, test_patients=test_patients)
     root = Path(root)
-    traj_params = {"seed": seed, "tasks": list(tasks), "samples": samples}
+    # the teachers are part of what the trajectories are: a changed teacher writes them again
+    traj_params = {"seed": seed, "tasks": list(tasks), "samples": samples, "teachers": teachers_fingerprint()}
     with _lock(root.parent / f".{root.name}.lock"):
         done = root / ".complete"
         if done.exists() and json.loads(done.read_text()) != params:
