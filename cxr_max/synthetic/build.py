@@ -50,7 +50,7 @@ DEFAULT_N_PATIENTS = 160  # about 380 frontal / 490 images; builds in ~10-20 s o
 DEFAULT_IMAGE_SIZE = 256
 TINY_IMAGE_SIZE = 32
 PIXELS = ("full", "tiny", "none")
-FORMAT_VERSION = "v6"  # v2: the quirks of real copies (views, reports, label rows, StudyTime, MS-CXR-T ids); v3: renderer (larger findings); v4: teachers recalibrated (fewer misses, more over-calls); v5: teachers at MLLM level per finding (more teacher-specific misses and over-calls); v6: teachers recalibrated so the vote beats the best teacher per finding (misses -.08 but cardiomegaly -.02, consolidation misses -.13 and over-calls +.10, edema over-calls +.05 but sim-sonnet-4, sim-gpt-5-nano over-calls -.05, shared error B rate 1.0)
+FORMAT_VERSION = "v6"  # v2: the quirks of real copies (views, reports, label rows, StudyTime, MS-CXR-T ids); v3: renderer (larger findings); v4: teachers recalibrated (fewer misses, more over-calls); v5: teachers at MLLM level per finding (more teacher-specific misses and over-calls); v6: teachers recalibrated so the vote beats the best teacher per finding (misses -.08 but cardiomegaly -.02 and edema -.04, consolidation misses -.13 and over-calls +.10, edema over-calls +.05 but sim-sonnet-4, sim-gpt-5-nano over-calls -.05, shared error B rate 1.0)
 
 METADATA_COLUMNS = (
     "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns",

@@ -9,8 +9,8 @@ a perceived finding is not reported; ``false_positive``: an absent finding is re
 hedge when the teacher hedges), decided by a coin keyed on (teacher, image, finding), so they are the same
 for every sample of an image and independent of every other teacher. These teacher-specific errors put each
 teacher's balanced accuracy on the six headline findings near what real MLLMs reach on chest X-rays (about
-.70-.83 per finding and .74-.81 over the six on a 3,000-patient world; MLLMs score roughly .5-.75 on
-MS-CXR-T), while the teachers' consensus stays above the best of them on every finding (mean vote .90,
+.70-.83 per finding and .73-.81 over the six on a 3,000-patient world; MLLMs score roughly .5-.75 on
+MS-CXR-T), while the teachers' consensus stays above the best of them on every finding (mean vote .89,
 Dawid-Skene .92)
 (:func:`cxr_max.drift.teacher_accuracy.teacher_accuracy_table` measures both). Planted behaviours then act
 on those calls; every one of them is measurable against the truth. Behaviour may depend on ``stream_pos``
@@ -18,13 +18,13 @@ on those calls; every one of them is measurable against the truth. Behaviour may
 
 | teacher | style | profile | misreads (miss / false positive) | planted behaviours |
 |---|---|---|---|---|
-| sim-sonnet-4 | concise | high precision: states only clear findings, rarely negates; blind to small pneumothorax and mild edema | 0.25 (Consolidation 0.2, Pneumothorax 0.12) / 0.03 (Consolidation 0.13, Pneumothorax 0.025) | `high_precision` (threshold +0.15), `blind_spot` Pneumothorax (+0.06) and Edema (+0.05), shared errors A, C |
-| sim-gpt-5-nano | verbose | high recall: over-calls and hedges a lot, negates everything | 0.14 (Cardiomegaly 0.2, Consolidation 0.09, Atelectasis 0.35, Pneumothorax 0.27) / 0.315 (Consolidation 0.415, Edema 0.365, Atelectasis 0, Pneumothorax 0.055) | `high_recall` (threshold -0.12), shared errors A, B |
-| sim-glm-4.5v | balanced | low perception noise, weaker on pneumothorax | 0.27 (Cardiomegaly 0.33, Consolidation 0.22, Pneumothorax 0.33) / 0.085 (Consolidation 0.185, Edema 0.135, Pneumothorax 0.045) | shared errors B, C |
-| sim-gemini-2.5-flash-lite | balanced | **sudden drift**: from stream position 0.5 on it misses 85 % of pleural effusions | 0.29 (Cardiomegaly 0.35, Consolidation 0.3, Pleural Effusion 0.17) / 0.04 (Consolidation 0.14, Edema 0.09, Pneumothorax 0.03) | `sudden_drift` (Pleural Effusion, start 0.5, rate 0.85), shared errors A, B |
-| sim-moonshot-v1 | concise | refuses 25 % of requests ("As an AI, I cannot provide medical diagnoses"), hallucinates a finding in 20 %, weak on consolidation | 0.15 (Cardiomegaly 0.21, Consolidation 0.1, Pneumothorax 0.09) / 0.035 (Consolidation 0.135, Edema 0.085) | `refusal` (0.25), `hallucination` (0.2), `blind_spot` Consolidation (+0.15), shared errors A, C |
-| sim-qwen-vl-max | verbose | **laterality confusion**: swaps left and right on 45 % of sided findings | 0.27 (Cardiomegaly 0.33, Consolidation 0.22, Pneumothorax 0.33) / 0.105 (Consolidation 0.205, Edema 0.155, Pneumothorax 0.045) | `laterality_swap` (0.45), shared errors B, C |
-| sim-grok-4 | balanced | **gradual drift**: each core finding's call is flipped with a probability ramping from 0 at stream 0 to 0.35 at stream 1 | 0.17 (Cardiomegaly 0.23, Consolidation 0.12, Pneumothorax 0.11) / 0.035 (Consolidation 0.135, Edema 0.085) | `gradual_drift` (max rate 0.35), shared errors A, B, C |
+| sim-sonnet-4 | concise | high precision: states only clear findings, rarely negates; blind to small pneumothorax and mild edema | 0.25 (Consolidation 0.2, Edema 0.29, Pneumothorax 0.12) / 0.03 (Consolidation 0.13, Pneumothorax 0.025) | `high_precision` (threshold +0.15), `blind_spot` Pneumothorax (+0.06) and Edema (+0.05), shared errors A, C |
+| sim-gpt-5-nano | verbose | high recall: over-calls and hedges a lot, negates everything | 0.14 (Cardiomegaly 0.2, Consolidation 0.09, Edema 0.18, Atelectasis 0.35, Pneumothorax 0.27) / 0.315 (Consolidation 0.415, Edema 0.365, Atelectasis 0, Pneumothorax 0.055) | `high_recall` (threshold -0.12), shared errors A, B |
+| sim-glm-4.5v | balanced | low perception noise, weaker on pneumothorax | 0.27 (Cardiomegaly 0.33, Consolidation 0.22, Edema 0.31, Pneumothorax 0.33) / 0.085 (Consolidation 0.185, Edema 0.135, Pneumothorax 0.045) | shared errors B, C |
+| sim-gemini-2.5-flash-lite | balanced | **sudden drift**: from stream position 0.5 on it misses 85 % of pleural effusions | 0.29 (Cardiomegaly 0.35, Pleural Effusion 0.17, Consolidation 0.3, Edema 0.33) / 0.04 (Consolidation 0.14, Edema 0.09, Pneumothorax 0.03) | `sudden_drift` (Pleural Effusion, start 0.5, rate 0.85), shared errors A, B |
+| sim-moonshot-v1 | concise | refuses 25 % of requests ("As an AI, I cannot provide medical diagnoses"), hallucinates a finding in 20 %, weak on consolidation | 0.15 (Cardiomegaly 0.21, Consolidation 0.1, Edema 0.19, Pneumothorax 0.09) / 0.035 (Consolidation 0.135, Edema 0.085) | `refusal` (0.25), `hallucination` (0.2), `blind_spot` Consolidation (+0.15), shared errors A, C |
+| sim-qwen-vl-max | verbose | **laterality confusion**: swaps left and right on 45 % of sided findings | 0.27 (Cardiomegaly 0.33, Consolidation 0.22, Edema 0.31, Pneumothorax 0.33) / 0.105 (Consolidation 0.205, Edema 0.155, Pneumothorax 0.045) | `laterality_swap` (0.45), shared errors B, C |
+| sim-grok-4 | balanced | **gradual drift**: each core finding's call is flipped with a probability ramping from 0 at stream 0 to 0.35 at stream 1 | 0.17 (Cardiomegaly 0.23, Consolidation 0.12, Edema 0.21, Pneumothorax 0.11) / 0.035 (Consolidation 0.135, Edema 0.085) | `gradual_drift` (max rate 0.35), shared errors A, B, C |
 
 Shared errors (a wrong *majority*: five of seven teachers make the same mistake on the same images, decided
 by a coin keyed on the image, not the teacher):
@@ -462,7 +462,7 @@ def _teachers() -> dict[str, SimulatedTeacher]:
             "sim-sonnet-4", "claude-sonnet-4-20250514+sim3",
             "concise, high precision: states only clear findings and rarely negates; misses small pneumothorax and mild edema",
             style="concise", noise=0.05, threshold=POSITIVE_AT + 0.15, hedge=0.0, negate=0.35, pneumonia=0.2,
-            miss=_rates(0.25, consolidation=0.2, pneumothorax=0.12), false_positive=_rates(0.03, consolidation=0.13, pneumothorax=0.025),
+            miss=_rates(0.25, consolidation=0.2, edema=0.29, pneumothorax=0.12), false_positive=_rates(0.03, consolidation=0.13, pneumothorax=0.025),
             planted=[{"kind": "high_precision", "threshold_shift": 0.15},
                      {"kind": "blind_spot", "finding": "Pneumothorax", "threshold_shift": 0.06},
                      {"kind": "blind_spot", "finding": "Edema", "threshold_shift": 0.05}] + shared("sim-sonnet-4")),
@@ -470,25 +470,25 @@ def _teachers() -> dict[str, SimulatedTeacher]:
             "sim-gpt-5-nano", "gpt-5-nano-2025-08-07+sim3",
             "verbose, high recall: over-calls and hedges, negates everything",
             style="verbose", noise=0.06, threshold=POSITIVE_AT - 0.12, hedge=0.1, negate=0.95, pneumonia=0.7,
-            miss=_rates(0.14, cardiomegaly=0.2, consolidation=0.09, atelectasis=0.35, pneumothorax=0.27), false_positive=_rates(0.315, consolidation=0.415, edema=0.365, atelectasis=0, pneumothorax=0.055),
+            miss=_rates(0.14, cardiomegaly=0.2, consolidation=0.09, edema=0.18, atelectasis=0.35, pneumothorax=0.27), false_positive=_rates(0.315, consolidation=0.415, edema=0.365, atelectasis=0, pneumothorax=0.055),
             planted=[{"kind": "high_recall", "threshold_shift": -0.12}] + shared("sim-gpt-5-nano")),
         SimulatedTeacher(
             "sim-glm-4.5v", "glm-4.5v+sim3", "balanced and the most accurate overall, weaker on pneumothorax",
             style="balanced", noise=0.04, threshold=POSITIVE_AT, hedge=0.05, negate=0.8, pneumonia=0.5,
-            miss=_rates(0.27, cardiomegaly=0.33, consolidation=0.22, pneumothorax=0.33), false_positive=_rates(0.085, consolidation=0.185, edema=0.135, pneumothorax=0.045),
+            miss=_rates(0.27, cardiomegaly=0.33, consolidation=0.22, edema=0.31, pneumothorax=0.33), false_positive=_rates(0.085, consolidation=0.185, edema=0.135, pneumothorax=0.045),
             planted=shared("sim-glm-4.5v")),
         SimulatedTeacher(
             "sim-gemini-2.5-flash-lite", "gemini-2.5-flash-lite+sim3",
             "balanced; sudden drift: from stream position 0.5 it misses most pleural effusions",
             style="balanced", noise=0.05, threshold=POSITIVE_AT, hedge=0.05, negate=0.7, pneumonia=0.4,
-            miss=_rates(0.29, cardiomegaly=0.35, pleural_effusion=0.17, consolidation=0.3), false_positive=_rates(0.04, consolidation=0.14, edema=0.09, pneumothorax=0.03),
+            miss=_rates(0.29, cardiomegaly=0.35, pleural_effusion=0.17, consolidation=0.3, edema=0.33), false_positive=_rates(0.04, consolidation=0.14, edema=0.09, pneumothorax=0.03),
             planted=[{"kind": "sudden_drift", "finding": "Pleural Effusion", "start": 0.5, "effect": "miss",
                       "rate": 0.85}] + shared("sim-gemini-2.5-flash-lite")),
         SimulatedTeacher(
             "sim-moonshot-v1", "moonshot-v1-128k-vision-preview+sim3",
             "concise; refuses a quarter of requests, hallucinates findings, weak on consolidation",
             style="concise", noise=0.06, threshold=POSITIVE_AT, hedge=0.0, negate=0.5, pneumonia=0.3,
-            miss=_rates(0.15, cardiomegaly=0.21, consolidation=0.1, pneumothorax=0.09), false_positive=_rates(0.035, consolidation=0.135, edema=0.085),
+            miss=_rates(0.15, cardiomegaly=0.21, consolidation=0.1, edema=0.19, pneumothorax=0.09), false_positive=_rates(0.035, consolidation=0.135, edema=0.085),
             planted=[{"kind": "refusal", "rate": 0.25},
                      {"kind": "hallucination", "rate": 0.2,
                       "findings": ["Consolidation", "Pneumothorax", "Atelectasis", "Lung Lesion", "Fracture"]},
@@ -497,13 +497,13 @@ def _teachers() -> dict[str, SimulatedTeacher]:
             "sim-qwen-vl-max", "qwen-vl-max-2025-08-13+sim3",
             "verbose; laterality confusion: swaps left and right on 45% of sided findings",
             style="verbose", noise=0.05, threshold=POSITIVE_AT - 0.03, hedge=0.06, negate=0.85, pneumonia=0.5,
-            miss=_rates(0.27, cardiomegaly=0.33, consolidation=0.22, pneumothorax=0.33), false_positive=_rates(0.105, consolidation=0.205, edema=0.155, pneumothorax=0.045),
+            miss=_rates(0.27, cardiomegaly=0.33, consolidation=0.22, edema=0.31, pneumothorax=0.33), false_positive=_rates(0.105, consolidation=0.205, edema=0.155, pneumothorax=0.045),
             planted=[{"kind": "laterality_swap", "rate": 0.45}] + shared("sim-qwen-vl-max")),
         SimulatedTeacher(
             "sim-grok-4", "grok-4-0709+sim3",
             "balanced; gradual drift: its error rate ramps up along the stream",
             style="balanced", noise=0.05, threshold=POSITIVE_AT, hedge=0.05, negate=0.75, pneumonia=0.5,
-            miss=_rates(0.17, cardiomegaly=0.23, consolidation=0.12, pneumothorax=0.11), false_positive=_rates(0.035, consolidation=0.135, edema=0.085),
+            miss=_rates(0.17, cardiomegaly=0.23, consolidation=0.12, edema=0.21, pneumothorax=0.11), false_positive=_rates(0.035, consolidation=0.135, edema=0.085),
             planted=[{"kind": "gradual_drift", "max_rate": 0.35,
                       "findings": ["Cardiomegaly", "Pleural Effusion", "Consolidation", "Edema", "Atelectasis",
                                    "Pneumothorax"]}] + shared("sim-grok-4")),
